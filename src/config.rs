@@ -1,0 +1,102 @@
+//! Validated run-time configuration: what the command line asked for, with every
+//! derived address computed once. Nothing downstream re-validates.
+
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+/// Which network namespace slirpnet serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `PID` with `--netns-type=pid` (the default): `/proc/PID/ns/net`, and the PID's user
+    /// namespace unless `--userns-path` names another.
+    Pid(i32),
+    /// `PATH` with `--netns-type=path`: a netns file such as `/run/netns/NAME`.
+    Path(PathBuf),
+    /// Run mode (`slirpnet [OPTIONS] -- COMMAND [ARG]...`): make a fresh user + network
+    /// namespace, run COMMAND inside it, exit with its status.
+    Command(Vec<OsString>),
+}
+
+/// The virtual IPv4 network (COMPAT.md section 3), derived from `--cidr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Network address, e.g. 10.0.2.0.
+    pub network: Ipv4Addr,
+    /// Prefix length, 1..=25.
+    pub prefix_len: u8,
+    /// net+2: answers ARP and ping; TCP/UDP to it reach host loopback.
+    pub gateway: Ipv4Addr,
+    /// net+3: DNS redirect to the host's resolver.
+    pub dns: Ipv4Addr,
+    /// net+15: first DHCP lease.
+    pub dhcp_start: Ipv4Addr,
+    /// net+30: last DHCP lease.
+    pub dhcp_end: Ipv4Addr,
+    /// net+100: the guest address `-c` assigns, and the default forward target.
+    pub guest: Ipv4Addr,
+}
+
+impl NetConfig {
+    /// Derives every address from a network address and prefix length. The caller has
+    /// checked that `network` has no host bits and `prefix_len` is 1..=25.
+    pub fn new(network: Ipv4Addr, prefix_len: u8) -> Self {
+        let base = u32::from(network);
+        let at = |offset: u32| Ipv4Addr::from(base + offset);
+        NetConfig {
+            network,
+            prefix_len,
+            gateway: at(2),
+            dns: at(3),
+            dhcp_start: at(15),
+            dhcp_end: at(30),
+            guest: at(100),
+        }
+    }
+
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::MAX << (32 - u32::from(self.prefix_len)))
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) | !u32::from(self.netmask()))
+    }
+
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & u32::from(self.netmask()) == u32::from(self.network)
+    }
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig::new(Ipv4Addr::new(10, 0, 2, 0), 24)
+    }
+}
+
+/// Everything a run needs, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub target: Target,
+    /// TAP device name inside the namespace (default `tap0`).
+    pub tap_name: String,
+    /// `-c`: bring lo and the TAP up, set MTU, MAC, address and default route.
+    pub configure: bool,
+    /// `-e FD`: exit 0 when it hangs up.
+    pub exit_fd: Option<RawFd>,
+    /// `-r FD`: write `1` and close once ready.
+    pub ready_fd: Option<RawFd>,
+    /// 1..=65521.
+    pub mtu: u32,
+    pub net: NetConfig,
+    pub disable_host_loopback: bool,
+    pub userns_path: Option<PathBuf>,
+    /// `--outbound-addr`, resolved to an address (an IFNAME is looked up at parse time).
+    pub outbound_addr: Option<Ipv4Addr>,
+    pub disable_dns: bool,
+    /// `--macaddress`, only valid with `-c`.
+    pub mac: Option<[u8; 6]>,
+    pub api_socket: Option<PathBuf>,
+    /// `-6`: accepted for compatibility; IPv6 arrives in a later issue.
+    pub enable_ipv6: bool,
+}

@@ -1,0 +1,7 @@
+//! slirpnet: a user-mode network helper for rootless containers, a drop-in replacement for
+//! slirp4netns. See docs/architecture.md for the layout.
+
+pub mod cli;
+pub mod config;
+pub mod stack;
+pub mod sys;

@@ -1,0 +1,1 @@
+//! The virtual network core (placeholder).

@@ -1,0 +1,1 @@
+//! Privileged system calls (placeholder).
