@@ -3,5 +3,6 @@
 
 pub mod cli;
 pub mod config;
+pub mod event_loop;
 pub mod stack;
 pub mod sys;

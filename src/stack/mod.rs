@@ -1,1 +1,1070 @@
-//! The virtual network core (placeholder).
+//! The virtual network core: what the guest sees on its TAP, and how each frame becomes host
+//! socket operations.
+//!
+//! It answers ARP for the gateway and DNS addresses, serves DHCP and ping for them, and turns
+//! every TCP connection, UDP flow and ICMP echo the guest sends elsewhere into host sockets
+//! (through [`host::Host`]). No clock is read here: every input carries `now`. Output frames
+//! collect in [`frame::Tx`] for the event loop to write.
+//!
+//! Deliberately not done (yet): IPv4 fragment reassembly (fragments are dropped and counted),
+//! IPv6 (frames are dropped and counted), ICMP errors from the host relayed to the guest.
+
+pub mod dhcp;
+pub mod frame;
+pub mod host;
+pub mod tcp;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket,
+    UdpPacket,
+};
+
+use crate::config::NetConfig;
+use frame::{Link, Tx};
+use host::{Host, PingKind, Token};
+use tcp::{FlowKey, Segment, TcpFlow, TcpState, Verdict};
+
+/// Bounds on what a guest can make us hold (ARCHITECTURE.md: bound every table).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub tcp_flows: usize,
+    pub pending_connects: usize,
+    pub udp_flows: usize,
+    pub ping_flows: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            tcp_flows: 4096,
+            pending_connects: 256,
+            udp_flows: 1024,
+            ping_flows: 256,
+        }
+    }
+}
+
+/// How the stack reaches the host besides the guest's own destinations.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    pub net: NetConfig,
+    pub mtu: usize,
+    pub disable_host_loopback: bool,
+    /// Where DNS to net+3:53 goes; `None` when `--disable-dns` or no resolver is known.
+    pub dns_upstream: Option<IpAddr>,
+    pub limits: Limits,
+}
+
+const DHCP_SERVER_PORT: u16 = 67;
+const DHCP_CLIENT_PORT: u16 = 68;
+
+/// Idle time after which a UDP flow is forgotten.
+pub const UDP_IDLE: Duration = Duration::from_secs(60);
+/// DNS flows carry one query and its answer: forget them sooner.
+pub const DNS_IDLE: Duration = Duration::from_secs(10);
+pub const PING_IDLE: Duration = Duration::from_secs(30);
+/// How often idle flows are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+const KIND_TCP: u64 = 1 << 32;
+const KIND_UDP: u64 = 2 << 32;
+const KIND_PING: u64 = 3 << 32;
+const INDEX_MASK: u64 = (1 << 32) - 1;
+
+/// Counters a user can read to see what happened (and what was dropped, and why).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counters {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub dropped_malformed: u64,
+    pub dropped_unsupported: u64,
+    pub dropped_fragments: u64,
+    pub dropped_no_flow: u64,
+    pub dropped_flow_limit: u64,
+    pub dropped_ping_unavailable: u64,
+    pub dropped_oversized: u64,
+    pub dropped_tap_full: u64,
+    pub tcp_flows_opened: u64,
+    pub tcp_connects_refused: u64,
+    pub udp_flows_opened: u64,
+    pub ping_flows_opened: u64,
+}
+
+/// A slab of flows: stable indices used as event loop tokens.
+struct Slab<T> {
+    entries: Vec<Option<T>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Self {
+        Slab {
+            entries: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn vacant_index(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.entries.len())
+    }
+
+    fn insert(&mut self, value: T) -> usize {
+        self.len += 1;
+        match self.free.pop() {
+            Some(index) => {
+                self.entries[index] = Some(value);
+                index
+            }
+            None => {
+                self.entries.push(Some(value));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, index: usize) -> Option<T> {
+        let value = self.entries.get_mut(index)?.take();
+        if value.is_some() {
+            self.len -= 1;
+            self.free.push(index);
+        }
+        value
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.entries.get_mut(index)?.as_mut()
+    }
+}
+
+struct UdpFlow<S> {
+    key: FlowKey,
+    socket: S,
+    last_active: Instant,
+    idle: Duration,
+}
+
+/// Guest address, destination, and the guest's echo identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PingKey {
+    guest: Ipv4Addr,
+    remote: Ipv4Addr,
+    ident: u16,
+}
+
+struct PingFlow<S> {
+    key: PingKey,
+    socket: S,
+    kind: PingKind,
+    last_active: Instant,
+}
+
+pub struct Stack<H: Host> {
+    pub host: H,
+    config: StackConfig,
+    /// Our MAC, for the gateway and DNS addresses.
+    mac: EthernetAddress,
+    /// Guest addresses and their MACs, learned from what the guest sends.
+    neighbours: HashMap<Ipv4Addr, EthernetAddress>,
+    dhcp: dhcp::DhcpServer,
+    tcp: Slab<TcpFlow<H::Socket>>,
+    tcp_index: HashMap<FlowKey, usize>,
+    connecting: usize,
+    udp: Slab<UdpFlow<H::Socket>>,
+    udp_index: HashMap<FlowKey, usize>,
+    ping: Slab<PingFlow<H::Socket>>,
+    ping_index: HashMap<PingKey, usize>,
+    /// TCP flows owing the guest an ACK at the end of this batch.
+    acks_due: Vec<usize>,
+    pub tx: Tx,
+    pub counters: Counters,
+    next_iss: u32,
+    next_sweep: Option<Instant>,
+    next_timer: Option<Instant>,
+    scratch: Vec<u8>,
+}
+
+fn gateway_mac(gateway: Ipv4Addr) -> EthernetAddress {
+    // libslirp's convention: 52:55 followed by the gateway's address.
+    let o = gateway.octets();
+    EthernetAddress([0x52, 0x55, o[0], o[1], o[2], o[3]])
+}
+
+impl<H: Host> Stack<H> {
+    pub fn new(host: H, config: StackConfig, now: Instant) -> Self {
+        let seed = now.elapsed().as_nanos() as u32 ^ std::process::id().rotate_left(16);
+        Stack {
+            host,
+            mac: gateway_mac(config.net.gateway),
+            dhcp: dhcp::DhcpServer::new(config.net)
+                .with_dns(config.dns_upstream.map(|_| config.net.dns)),
+            config,
+            neighbours: HashMap::new(),
+            tcp: Slab::new(),
+            tcp_index: HashMap::new(),
+            connecting: 0,
+            udp: Slab::new(),
+            udp_index: HashMap::new(),
+            ping: Slab::new(),
+            ping_index: HashMap::new(),
+            acks_due: Vec::new(),
+            tx: Tx::default(),
+            counters: Counters::default(),
+            next_iss: seed.wrapping_mul(2_654_435_761) | 1,
+            next_sweep: None,
+            next_timer: None,
+            scratch: vec![0; 65536],
+        }
+    }
+
+    pub fn tcp_flow_count(&self) -> usize {
+        self.tcp.len
+    }
+
+    pub fn udp_flow_count(&self) -> usize {
+        self.udp.len
+    }
+
+    fn link_mss(&self) -> usize {
+        self.config.mtu.saturating_sub(40).max(64)
+    }
+
+    fn link_to(&self, guest: Ipv4Addr) -> Link {
+        Link {
+            src: self.mac,
+            dst: self
+                .neighbours
+                .get(&guest)
+                .copied()
+                .unwrap_or(EthernetAddress::BROADCAST),
+        }
+    }
+
+    /// When the event loop must call [`Stack::poll_timers`] next.
+    pub fn poll_at(&self) -> Option<Instant> {
+        match (self.next_timer, self.next_sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn arm(&mut self, at: Option<Instant>) {
+        if let Some(at) = at {
+            self.next_timer = Some(self.next_timer.map_or(at, |t| t.min(at)));
+        }
+    }
+
+    // ---- Input from the guest ----
+
+    /// One Ethernet frame from the TAP.
+    pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) {
+        self.counters.frames_in += 1;
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        match eth.ethertype() {
+            EthernetProtocol::Arp => self.handle_arp(eth.src_addr(), eth.payload()),
+            EthernetProtocol::Ipv4 => self.handle_ipv4(now, eth.src_addr(), eth.payload()),
+            _ => self.counters.dropped_unsupported += 1,
+        }
+    }
+
+    /// Call after a batch of frames: sends the ACKs the batch made due (one per flow).
+    pub fn flush(&mut self, now: Instant) {
+        let due = std::mem::take(&mut self.acks_due);
+        for index in &due {
+            let link_mss = self.link_mss();
+            let Some(flow) = self.tcp.get_mut(*index) else {
+                continue;
+            };
+            if flow.ack_due && flow.state == TcpState::Established {
+                let header = flow.ack_header();
+                let (src, guest) = (flow.key.remote.ip(), flow.key.guest.ip());
+                let link = self.link_to(ipv4_of(guest));
+                self.tx.push_tcp(link, src, guest, &header);
+            }
+            let _ = link_mss;
+        }
+        self.acks_due = due;
+        self.acks_due.clear();
+        self.counters.frames_out += self.tx.frames.len() as u64;
+        let _ = now;
+    }
+
+    fn handle_arp(&mut self, src_mac: EthernetAddress, payload: &[u8]) {
+        let Ok(packet) = ArpPacket::new_checked(payload) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        let Ok(ArpRepr::EthernetIpv4 {
+            operation,
+            source_hardware_addr,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        }) = ArpRepr::parse(&packet)
+        else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        if self.config.net.contains(source_protocol_addr)
+            && !source_protocol_addr.is_unspecified()
+            && source_hardware_addr.is_unicast()
+        {
+            self.neighbours
+                .insert(source_protocol_addr, source_hardware_addr);
+        }
+        let net = self.config.net;
+        if operation == ArpOperation::Request
+            && (target_protocol_addr == net.gateway || target_protocol_addr == net.dns)
+        {
+            let reply = ArpRepr::EthernetIpv4 {
+                operation: ArpOperation::Reply,
+                source_hardware_addr: self.mac,
+                source_protocol_addr: target_protocol_addr,
+                target_hardware_addr: source_hardware_addr,
+                target_protocol_addr: source_protocol_addr,
+            };
+            let mut frame = self.tx.buffer(14 + reply.buffer_len());
+            let len = 14 + reply.buffer_len();
+            let mut eth = EthernetFrame::new_unchecked(&mut frame[..len]);
+            eth.set_src_addr(self.mac);
+            eth.set_dst_addr(src_mac);
+            eth.set_ethertype(EthernetProtocol::Arp);
+            reply.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
+            self.tx.push(frame, len);
+        }
+    }
+
+    fn handle_ipv4(&mut self, now: Instant, src_mac: EthernetAddress, payload: &[u8]) {
+        let Ok(packet) = Ipv4Packet::new_checked(payload) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        if packet.more_frags() || packet.frag_offset() != 0 {
+            self.counters.dropped_fragments += 1;
+            return;
+        }
+        let Ok(ip) = Ipv4Repr::parse(&packet, &ChecksumCapabilities::ignored()) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        let net = self.config.net;
+        if net.contains(ip.src_addr) && src_mac.is_unicast() {
+            if self.neighbours.get(&ip.src_addr) != Some(&src_mac) {
+                self.neighbours.insert(ip.src_addr, src_mac);
+            }
+        } else if !(ip.src_addr.is_unspecified() && ip.next_header == IpProtocol::Udp) {
+            // Only a DHCP client may speak without an address of ours.
+            self.counters.dropped_unsupported += 1;
+            return;
+        }
+        let l4 = packet.payload();
+        match ip.next_header {
+            IpProtocol::Tcp => self.handle_tcp(now, &ip, l4),
+            IpProtocol::Udp => self.handle_udp(now, src_mac, &ip, l4),
+            IpProtocol::Icmp => self.handle_icmp(now, &ip, l4),
+            _ => self.counters.dropped_unsupported += 1,
+        }
+    }
+
+    /// Where a guest destination really goes on the host, or why it cannot.
+    fn map_destination(&self, dst: SocketAddrV4) -> Result<SocketAddr, Icmpv4DstUnreachable> {
+        let net = self.config.net;
+        if *dst.ip() == net.gateway {
+            if self.config.disable_host_loopback {
+                return Err(Icmpv4DstUnreachable::NetUnreachable);
+            }
+            return Ok(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst.port()));
+        }
+        if *dst.ip() == net.dns {
+            return match self.config.dns_upstream {
+                Some(upstream) if dst.port() == 53 => Ok(SocketAddr::new(upstream, 53)),
+                _ => Err(Icmpv4DstUnreachable::PortUnreachable),
+            };
+        }
+        let ip = *dst.ip();
+        if net.contains(ip)
+            || ip.is_broadcast()
+            || ip.is_multicast()
+            || ip.is_unspecified()
+            || ip.is_loopback()
+        {
+            return Err(Icmpv4DstUnreachable::HostUnreachable);
+        }
+        Ok(SocketAddr::V4(dst))
+    }
+
+    fn unreachable(&mut self, ip: &Ipv4Repr, l4_head: &[u8], reason: Icmpv4DstUnreachable) {
+        let link = self.link_to(ip.src_addr);
+        let mut frame = self.tx.buffer(0);
+        let original = Ipv4Repr {
+            payload_len: l4_head.len().max(8),
+            ..*ip
+        };
+        let router = self.config.net.gateway;
+        let len =
+            frame::build_unreachable_frame(&mut frame, link, router, original, l4_head, reason);
+        self.tx.push(frame, len);
+    }
+
+    // ---- TCP ----
+
+    fn handle_tcp(&mut self, now: Instant, ip: &Ipv4Repr, l4: &[u8]) {
+        let Ok(packet) = TcpPacket::new_checked(l4) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        let Some(segment) = parse_segment(&packet) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        let key = FlowKey {
+            guest: SocketAddr::new(ip.src_addr.into(), packet.src_port()),
+            remote: SocketAddr::new(ip.dst_addr.into(), packet.dst_port()),
+        };
+        let Some(&index) = self.tcp_index.get(&key) else {
+            self.handle_tcp_no_flow(now, ip, l4, key, &segment);
+            return;
+        };
+        let link_mss = self.link_mss();
+        let link = self.link_to(ip.src_addr);
+        let flow = self.tcp.get_mut(index).expect("index maps only live flows");
+        let mut verdict = flow.on_segment(&mut self.host, now, &segment);
+        if segment.syn && flow.state == TcpState::SynAckSent {
+            // Retransmitted SYN: repeat our SYN-ACK.
+            let header = flow.syn_ack(link_mss);
+            self.tx
+                .push_tcp(link, key.remote.ip(), key.guest.ip(), &header);
+        }
+        if verdict == Verdict::Keep {
+            verdict = flow.poll_send(&mut self.host, now, link, &mut self.tx);
+        }
+        if flow.ack_due {
+            self.acks_due.push(index);
+        }
+        let timer = flow.timer;
+        self.arm(timer);
+        self.apply_verdict(index, verdict);
+    }
+
+    fn handle_tcp_no_flow(
+        &mut self,
+        now: Instant,
+        ip: &Ipv4Repr,
+        l4: &[u8],
+        key: FlowKey,
+        segment: &Segment,
+    ) {
+        if segment.rst {
+            return;
+        }
+        if !segment.syn || segment.ack.is_some() {
+            self.counters.dropped_no_flow += 1;
+            self.reset_unknown(ip, key, segment);
+            return;
+        }
+        if self.tcp.len >= self.config.limits.tcp_flows
+            || self.connecting >= self.config.limits.pending_connects
+        {
+            self.counters.dropped_flow_limit += 1;
+            self.reset_unknown(ip, key, segment);
+            return;
+        }
+        let SocketAddr::V4(remote) = key.remote else {
+            return;
+        };
+        let target = match self.map_destination(remote) {
+            Ok(target) => target,
+            Err(reason) => {
+                self.unreachable(ip, l4, reason);
+                return;
+            }
+        };
+        let token = Token(KIND_TCP | self.tcp.vacant_index() as u64);
+        match self.host.tcp_connect(target, token) {
+            Ok(socket) => {
+                let iss = self.next_iss;
+                self.next_iss = self.next_iss.wrapping_add(0x0101_0101).rotate_left(7);
+                let flow = TcpFlow::new(key, socket, segment, iss, self.link_mss());
+                let index = self.tcp.insert(flow);
+                self.tcp_index.insert(key, index);
+                self.connecting += 1;
+                self.counters.tcp_flows_opened += 1;
+                tracing::trace!(guest = %key.guest, remote = %key.remote, "tcp connect");
+            }
+            Err(e) => {
+                let _ = now;
+                self.connect_failed(ip, l4, key, segment, &e);
+            }
+        }
+    }
+
+    fn connect_failed(
+        &mut self,
+        ip: &Ipv4Repr,
+        l4: &[u8],
+        key: FlowKey,
+        segment: &Segment,
+        error: &io::Error,
+    ) {
+        tracing::debug!(remote = %key.remote, %error, "host connect failed");
+        match error.raw_os_error() {
+            Some(libc::ENETUNREACH) => {
+                self.unreachable(ip, l4, Icmpv4DstUnreachable::NetUnreachable)
+            }
+            Some(libc::EHOSTUNREACH) | Some(libc::ETIMEDOUT) => {
+                self.unreachable(ip, l4, Icmpv4DstUnreachable::HostUnreachable)
+            }
+            _ => {
+                self.counters.tcp_connects_refused += 1;
+                self.reset_unknown(ip, key, segment);
+            }
+        }
+    }
+
+    /// RFC 9293 3.10.7.1: the reset for a segment that belongs to no connection.
+    fn reset_unknown(&mut self, ip: &Ipv4Repr, key: FlowKey, segment: &Segment) {
+        let (seq, ack) = match segment.ack {
+            Some(ack) => (ack, None),
+            None => {
+                let len =
+                    segment.payload.len() as u32 + u32::from(segment.syn) + u32::from(segment.fin);
+                (0, Some(segment.seq.wrapping_add(len)))
+            }
+        };
+        let header = frame::TcpHeader {
+            src_port: key.remote.port(),
+            dst_port: key.guest.port(),
+            control: smoltcp::wire::TcpControl::Rst,
+            seq,
+            ack,
+            window: 0,
+            max_seg_size: None,
+            window_scale: None,
+        };
+        let link = self.link_to(ip.src_addr);
+        self.tx
+            .push_tcp(link, key.remote.ip(), key.guest.ip(), &header);
+    }
+
+    fn apply_verdict(&mut self, index: usize, verdict: Verdict) {
+        if verdict == Verdict::Keep {
+            return;
+        }
+        let Some(flow) = self.tcp.remove(index) else {
+            return;
+        };
+        self.tcp_index.remove(&flow.key);
+        if flow.state == TcpState::Connecting {
+            self.connecting -= 1;
+        }
+        match verdict {
+            Verdict::Reset => {
+                let header = flow.rst_header();
+                let link = self.link_to(ipv4_of(flow.key.guest.ip()));
+                self.tx
+                    .push_tcp(link, flow.key.remote.ip(), flow.key.guest.ip(), &header);
+                self.host.abort(flow.socket);
+            }
+            Verdict::Abort => self.host.abort(flow.socket),
+            Verdict::Close | Verdict::Keep => drop(flow.socket),
+        }
+    }
+
+    fn handle_tcp_event(&mut self, now: Instant, index: usize, readable: bool, writable: bool) {
+        let link_mss = self.link_mss();
+        let Some(flow) = self.tcp.get_mut(index) else {
+            return;
+        };
+        let link = Link {
+            src: self.mac,
+            dst: self
+                .neighbours
+                .get(&ipv4_of(flow.key.guest.ip()))
+                .copied()
+                .unwrap_or(EthernetAddress::BROADCAST),
+        };
+        let mut verdict = Verdict::Keep;
+        if flow.state == TcpState::Connecting {
+            match self.host.connect_result(&flow.socket) {
+                Ok(()) => {
+                    self.connecting -= 1;
+                    flow.on_connected(now);
+                    let header = flow.syn_ack(link_mss);
+                    self.tx
+                        .push_tcp(link, flow.key.remote.ip(), flow.key.guest.ip(), &header);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    let key = flow.key;
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ETIMEDOUT)
+                    ) {
+                        let flow = self.tcp.remove(index).expect("flow is live");
+                        self.tcp_index.remove(&key);
+                        self.connecting -= 1;
+                        drop(flow.socket);
+                        self.connect_failed_async(key, &e);
+                    } else {
+                        tracing::debug!(remote = %key.remote, error = %e, "host connect failed");
+                        self.counters.tcp_connects_refused += 1;
+                        // The RST acknowledges the guest's SYN, as a refusing host would.
+                        self.apply_verdict(index, Verdict::Reset);
+                    }
+                    return;
+                }
+            }
+        } else {
+            if writable {
+                verdict = flow.on_writable(&mut self.host);
+            }
+            if verdict == Verdict::Keep && (readable || writable) {
+                verdict = flow.poll_send(&mut self.host, now, link, &mut self.tx);
+            }
+            if flow.ack_due {
+                self.acks_due.push(index);
+            }
+        }
+        let timer = flow.timer;
+        self.arm(timer);
+        self.apply_verdict(index, verdict);
+    }
+
+    /// The host connect failed after the SYN was taken: answer the guest's SYN now.
+    fn connect_failed_async(&mut self, key: FlowKey, error: &io::Error) {
+        let (IpAddr::V4(guest), IpAddr::V4(remote)) = (key.guest.ip(), key.remote.ip()) else {
+            return;
+        };
+        // Rebuild the start of the guest's SYN for the ICMP quote and the RST.
+        let ip = Ipv4Repr {
+            src_addr: guest,
+            dst_addr: remote,
+            next_header: IpProtocol::Tcp,
+            payload_len: 20,
+            hop_limit: 64,
+        };
+        let mut head = [0u8; 8];
+        head[..2].copy_from_slice(&key.guest.port().to_be_bytes());
+        head[2..4].copy_from_slice(&key.remote.port().to_be_bytes());
+        let reason = match error.raw_os_error() {
+            Some(libc::ENETUNREACH) => Icmpv4DstUnreachable::NetUnreachable,
+            _ => Icmpv4DstUnreachable::HostUnreachable,
+        };
+        self.unreachable(&ip, &head, reason);
+    }
+
+    // ---- UDP ----
+
+    fn handle_udp(&mut self, now: Instant, src_mac: EthernetAddress, ip: &Ipv4Repr, l4: &[u8]) {
+        let Ok(packet) = UdpPacket::new_checked(l4) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        let payload = packet.payload();
+        let net = self.config.net;
+        if packet.dst_port() == DHCP_SERVER_PORT
+            && (ip.dst_addr == net.gateway || ip.dst_addr.is_broadcast())
+        {
+            if let Some(reply) = self.dhcp.handle(src_mac, payload) {
+                self.send_dhcp_reply(reply);
+            }
+            return;
+        }
+        if ip.src_addr.is_unspecified() {
+            self.counters.dropped_unsupported += 1;
+            return;
+        }
+        let key = FlowKey {
+            guest: SocketAddr::new(ip.src_addr.into(), packet.src_port()),
+            remote: SocketAddr::new(ip.dst_addr.into(), packet.dst_port()),
+        };
+        let index = match self.udp_index.get(&key) {
+            Some(&index) => index,
+            None => {
+                let SocketAddr::V4(remote) = key.remote else {
+                    return;
+                };
+                let target = match self.map_destination(remote) {
+                    Ok(target) => target,
+                    Err(reason) => {
+                        if !(ip.dst_addr.is_broadcast()
+                            || ip.dst_addr.is_multicast()
+                            || ip.dst_addr == net.broadcast())
+                        {
+                            self.unreachable(ip, l4, reason);
+                        }
+                        return;
+                    }
+                };
+                if self.udp.len >= self.config.limits.udp_flows {
+                    self.counters.dropped_flow_limit += 1;
+                    return;
+                }
+                let token = Token(KIND_UDP | self.udp.vacant_index() as u64);
+                let socket = match self.host.udp_connect(target, token) {
+                    Ok(socket) => socket,
+                    Err(e) => {
+                        tracing::debug!(remote = %target, error = %e, "udp socket failed");
+                        self.unreachable(ip, l4, Icmpv4DstUnreachable::NetUnreachable);
+                        return;
+                    }
+                };
+                let idle = if ip.dst_addr == net.dns {
+                    DNS_IDLE
+                } else {
+                    UDP_IDLE
+                };
+                let index = self.udp.insert(UdpFlow {
+                    key,
+                    socket,
+                    last_active: now,
+                    idle,
+                });
+                self.udp_index.insert(key, index);
+                self.counters.udp_flows_opened += 1;
+                self.next_sweep.get_or_insert(now + SWEEP_INTERVAL);
+                index
+            }
+        };
+        let flow = self.udp.get_mut(index).expect("index maps only live flows");
+        flow.last_active = now;
+        if let Err(e) = self.host.send(&flow.socket, payload) {
+            tracing::trace!(error = %e, "udp send failed");
+        }
+    }
+
+    fn send_dhcp_reply(&mut self, reply: dhcp::DhcpReply) {
+        let net = self.config.net;
+        let src = SocketAddr::new(net.gateway.into(), DHCP_SERVER_PORT);
+        let dst = SocketAddr::new(reply.dst_ip.into(), DHCP_CLIENT_PORT);
+        let offset = frame::udp_payload_offset(src.ip());
+        let mut buf = self.tx.buffer(offset + reply.payload.len());
+        buf[offset..offset + reply.payload.len()].copy_from_slice(&reply.payload);
+        let link = Link {
+            src: self.mac,
+            dst: reply.dst_mac,
+        };
+        let len = frame::finish_udp_frame(&mut buf, link, src, dst, reply.payload.len());
+        self.tx.push(buf, len);
+    }
+
+    fn handle_udp_event(&mut self, now: Instant, index: usize) {
+        let mtu = self.config.mtu;
+        let Some(flow) = self.udp.get_mut(index) else {
+            return;
+        };
+        let offset = frame::udp_payload_offset(flow.key.guest.ip());
+        let max_payload = mtu - (offset - frame::ETHERNET_HEADER_LEN);
+        loop {
+            let mut buf = self.tx.buffer(offset + 65536);
+            match self
+                .host
+                .recv(&flow.socket, &mut buf[offset..offset + 65536])
+            {
+                Ok(n) if n <= max_payload => {
+                    flow.last_active = now;
+                    let guest = ipv4_of(flow.key.guest.ip());
+                    let link = Link {
+                        src: self.mac,
+                        dst: self
+                            .neighbours
+                            .get(&guest)
+                            .copied()
+                            .unwrap_or(EthernetAddress::BROADCAST),
+                    };
+                    let len =
+                        frame::finish_udp_frame(&mut buf, link, flow.key.remote, flow.key.guest, n);
+                    self.tx.push(buf, len);
+                }
+                Ok(_) => {
+                    // Would need IP fragmentation towards the guest.
+                    self.counters.dropped_oversized += 1;
+                    self.tx.recycle(buf);
+                }
+                Err(e) => {
+                    self.tx.recycle(buf);
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::trace!(error = %e, "udp recv failed");
+                        if e.kind() != io::ErrorKind::ConnectionRefused {
+                            break;
+                        }
+                        continue;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    // ---- ICMP ----
+
+    fn handle_icmp(&mut self, now: Instant, ip: &Ipv4Repr, l4: &[u8]) {
+        let Ok(packet) = Icmpv4Packet::new_checked(l4) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        let Ok(Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data,
+        }) = Icmpv4Repr::parse(&packet, &ChecksumCapabilities::ignored())
+        else {
+            self.counters.dropped_unsupported += 1;
+            return;
+        };
+        let net = self.config.net;
+        if ip.dst_addr == net.gateway || ip.dst_addr == net.dns {
+            let reply = Icmpv4Repr::EchoReply {
+                ident,
+                seq_no,
+                data,
+            };
+            let link = self.link_to(ip.src_addr);
+            let mut frame = self.tx.buffer(0);
+            let len = frame::build_icmpv4_frame(&mut frame, link, ip.dst_addr, ip.src_addr, &reply);
+            self.tx.push(frame, len);
+            return;
+        }
+        let key = PingKey {
+            guest: ip.src_addr,
+            remote: ip.dst_addr,
+            ident,
+        };
+        let index = match self.ping_index.get(&key) {
+            Some(&index) => index,
+            None => {
+                if let Err(reason) = self.map_destination(SocketAddrV4::new(ip.dst_addr, 0)) {
+                    if !(ip.dst_addr.is_broadcast() || ip.dst_addr == net.broadcast()) {
+                        self.unreachable(ip, l4, reason);
+                    }
+                    return;
+                }
+                if self.ping.len >= self.config.limits.ping_flows {
+                    self.counters.dropped_flow_limit += 1;
+                    return;
+                }
+                let token = Token(KIND_PING | self.ping.vacant_index() as u64);
+                let (socket, kind) = match self.host.ping_connect(ip.dst_addr.into(), token) {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no ICMP socket available");
+                        self.counters.dropped_ping_unavailable += 1;
+                        return;
+                    }
+                };
+                let index = self.ping.insert(PingFlow {
+                    key,
+                    socket,
+                    kind,
+                    last_active: now,
+                });
+                self.ping_index.insert(key, index);
+                self.counters.ping_flows_opened += 1;
+                self.next_sweep.get_or_insert(now + SWEEP_INTERVAL);
+                index
+            }
+        };
+        let flow = self
+            .ping
+            .get_mut(index)
+            .expect("index maps only live flows");
+        flow.last_active = now;
+        // The same request goes out; a datagram socket replaces the identifier with its own.
+        if let Err(e) = self.host.send(&flow.socket, l4) {
+            tracing::trace!(error = %e, "ping send failed");
+        }
+    }
+
+    fn handle_ping_event(&mut self, now: Instant, index: usize) {
+        let Some(flow) = self.ping.get_mut(index) else {
+            return;
+        };
+        loop {
+            let buf = &mut self.scratch;
+            let n = match self.host.recv(&flow.socket, buf) {
+                Ok(n) => n,
+                Err(_) => break,
+            };
+            let message = match flow.kind {
+                PingKind::Datagram => &buf[..n],
+                PingKind::Raw => match Ipv4Packet::new_checked(&buf[..n]) {
+                    Ok(packet) => {
+                        let header_len = usize::from(packet.header_len());
+                        &buf[header_len..n]
+                    }
+                    Err(_) => continue,
+                },
+            };
+            let Ok(packet) = Icmpv4Packet::new_checked(message) else {
+                continue;
+            };
+            let Ok(Icmpv4Repr::EchoReply {
+                ident,
+                seq_no,
+                data,
+            }) = Icmpv4Repr::parse(&packet, &ChecksumCapabilities::ignored())
+            else {
+                continue;
+            };
+            if flow.kind == PingKind::Raw && ident != flow.key.ident {
+                continue;
+            }
+            flow.last_active = now;
+            let reply = Icmpv4Repr::EchoReply {
+                ident: flow.key.ident,
+                seq_no,
+                data,
+            };
+            let link = Link {
+                src: self.mac,
+                dst: self
+                    .neighbours
+                    .get(&flow.key.guest)
+                    .copied()
+                    .unwrap_or(EthernetAddress::BROADCAST),
+            };
+            let mut frame = self.tx.buffer(0);
+            let len = frame::build_icmpv4_frame(
+                &mut frame,
+                link,
+                flow.key.remote,
+                flow.key.guest,
+                &reply,
+            );
+            self.tx.push(frame, len);
+        }
+    }
+
+    // ---- Host readiness and timers ----
+
+    /// A host socket the stack registered is ready.
+    pub fn handle_host_event(
+        &mut self,
+        now: Instant,
+        token: Token,
+        readable: bool,
+        writable: bool,
+    ) {
+        let index = (token.0 & INDEX_MASK) as usize;
+        match token.0 & !INDEX_MASK {
+            KIND_TCP => self.handle_tcp_event(now, index, readable, writable),
+            KIND_UDP => self.handle_udp_event(now, index),
+            KIND_PING => self.handle_ping_event(now, index),
+            _ => {}
+        }
+    }
+
+    /// Retransmissions, persist probes, idle expiry.
+    pub fn poll_timers(&mut self, now: Instant) {
+        if self.next_timer.is_some_and(|t| t <= now) {
+            self.next_timer = None;
+            let link_mss = self.link_mss();
+            for index in 0..self.tcp.entries.len() {
+                let Some(flow) = self.tcp.entries[index].as_mut() else {
+                    continue;
+                };
+                match flow.timer {
+                    Some(at) if at <= now => {}
+                    Some(at) => {
+                        self.next_timer = Some(self.next_timer.map_or(at, |t| t.min(at)));
+                        continue;
+                    }
+                    None => continue,
+                }
+                let link = Link {
+                    src: self.mac,
+                    dst: self
+                        .neighbours
+                        .get(&ipv4_of(flow.key.guest.ip()))
+                        .copied()
+                        .unwrap_or(EthernetAddress::BROADCAST),
+                };
+                let verdict = flow.on_timer(&mut self.host, now, link, link_mss, &mut self.tx);
+                let timer = flow.timer;
+                self.arm(timer);
+                self.apply_verdict(index, verdict);
+            }
+        }
+        if self.next_sweep.is_some_and(|t| t <= now) {
+            self.sweep_idle(now);
+        }
+    }
+
+    fn sweep_idle(&mut self, now: Instant) {
+        for index in 0..self.udp.entries.len() {
+            let expired = self.udp.entries[index]
+                .as_ref()
+                .is_some_and(|flow| now.duration_since(flow.last_active) >= flow.idle);
+            if expired {
+                let flow = self.udp.remove(index).expect("checked live");
+                self.udp_index.remove(&flow.key);
+            }
+        }
+        for index in 0..self.ping.entries.len() {
+            let expired = self.ping.entries[index]
+                .as_ref()
+                .is_some_and(|flow| now.duration_since(flow.last_active) >= PING_IDLE);
+            if expired {
+                let flow = self.ping.remove(index).expect("checked live");
+                self.ping_index.remove(&flow.key);
+            }
+        }
+        self.next_sweep = (self.udp.len + self.ping.len > 0).then(|| now + SWEEP_INTERVAL);
+    }
+}
+
+fn ipv4_of(addr: IpAddr) -> Ipv4Addr {
+    match addr {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    }
+}
+
+/// Reads a guest TCP segment; `None` for header combinations no stack sends.
+fn parse_segment<'a>(packet: &TcpPacket<&'a [u8]>) -> Option<Segment<'a>> {
+    if packet.src_port() == 0 || packet.dst_port() == 0 {
+        return None;
+    }
+    if packet.syn() && (packet.fin() || packet.rst()) {
+        return None;
+    }
+    let mut max_seg_size = None;
+    let mut window_scale = None;
+    if packet.syn() {
+        let mut options = packet.options();
+        while !options.is_empty() {
+            let Ok((rest, option)) = smoltcp::wire::TcpOption::parse(options) else {
+                break;
+            };
+            match option {
+                smoltcp::wire::TcpOption::EndOfList => break,
+                smoltcp::wire::TcpOption::MaxSegmentSize(mss) => max_seg_size = Some(mss),
+                smoltcp::wire::TcpOption::WindowScale(shift) => window_scale = Some(shift),
+                _ => {}
+            }
+            options = rest;
+        }
+    }
+    Some(Segment {
+        seq: packet.seq_number().0 as u32,
+        ack: packet.ack().then(|| packet.ack_number().0 as u32),
+        syn: packet.syn(),
+        fin: packet.fin(),
+        rst: packet.rst(),
+        window: packet.window_len(),
+        max_seg_size,
+        window_scale,
+        payload: packet.payload(),
+    })
+}

@@ -1,0 +1,344 @@
+//! The I/O shell around the core: one thread, one epoll set over the TAP, every host socket,
+//! the exit fd and a signalfd. It does what [`Stack`] decides and nothing else.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::MsgFlags;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::stack::Stack;
+use crate::stack::host::{Host, PingKind, Token};
+use crate::sys::sock;
+
+const TOKEN_TAP: u64 = 1;
+const TOKEN_EXIT_FD: u64 = 2;
+const TOKEN_SIGNAL: u64 = 3;
+/// Frames read from the TAP per wake-up before output is flushed, so neither direction
+/// starves the other.
+const TAP_BATCH: usize = 128;
+/// Room for the largest frame: MTU 65521 plus the Ethernet header.
+const FRAME_BUFFER: usize = 65536 + 64;
+
+/// Host sockets, owned by the user who runs slirpnet, in the caller's network namespace.
+pub struct SystemHost {
+    epoll: Epoll,
+    outbound: Option<Ipv4Addr>,
+}
+
+impl SystemHost {
+    pub fn new(outbound: Option<Ipv4Addr>) -> io::Result<Self> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        Ok(SystemHost { epoll, outbound })
+    }
+
+    fn register(&self, socket: &Socket, token: Token, flags: EpollFlags) -> io::Result<()> {
+        self.epoll.add(
+            socket,
+            EpollEvent::new(flags | EpollFlags::EPOLLET, token.0),
+        )?;
+        Ok(())
+    }
+
+    /// `--outbound-addr` applies to connections leaving the host, not to its loopback.
+    fn bind_outbound(&self, socket: &Socket, dst: SocketAddr) -> io::Result<()> {
+        if let (Some(addr), IpAddr::V4(dst_v4)) = (self.outbound, dst.ip()) {
+            if !dst_v4.is_loopback() {
+                socket.bind(&SockAddr::from(SocketAddr::new(addr.into(), 0)))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn would_block_or(e: Errno) -> io::Error {
+    io::Error::from(e)
+}
+
+impl Host for SystemHost {
+    type Socket = Socket;
+
+    fn tcp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<Socket> {
+        let socket = Socket::new(
+            Domain::for_address(dst),
+            Type::STREAM.nonblocking().cloexec(),
+            Some(Protocol::TCP),
+        )?;
+        // Segments arrive already sized by the guest's stack: do not hold them back.
+        socket.set_tcp_nodelay(true)?;
+        sock::set_peek_offset(socket.as_fd(), 0)?;
+        self.bind_outbound(&socket, dst)?;
+        match socket.connect(&SockAddr::from(dst)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        self.register(
+            &socket,
+            token,
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLRDHUP,
+        )?;
+        Ok(socket)
+    }
+
+    fn connect_result(&mut self, socket: &Socket) -> io::Result<()> {
+        if let Some(error) = socket.take_error()? {
+            return Err(error);
+        }
+        match socket.peer_addr() {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn send(&mut self, socket: &Socket, buf: &[u8]) -> io::Result<usize> {
+        socket.send_with_flags(buf, libc::MSG_NOSIGNAL)
+    }
+
+    fn peek(&mut self, socket: &Socket, buf: &mut [u8]) -> io::Result<usize> {
+        nix::sys::socket::recv(socket.as_raw_fd(), buf, MsgFlags::MSG_PEEK).map_err(would_block_or)
+    }
+
+    fn rewind_peek(&mut self, socket: &Socket) -> io::Result<()> {
+        sock::set_peek_offset(socket.as_fd(), 0)
+    }
+
+    fn discard(&mut self, socket: &Socket, mut len: usize) -> io::Result<()> {
+        while len > 0 {
+            let n = sock::discard(socket.as_fd(), len)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            len -= n;
+        }
+        Ok(())
+    }
+
+    fn shutdown_write(&mut self, socket: &Socket) -> io::Result<()> {
+        match socket.shutdown(std::net::Shutdown::Write) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn abort(&mut self, socket: Socket) {
+        // Linger 0 turns close() into a RST.
+        let _ = socket.set_linger(Some(std::time::Duration::ZERO));
+        drop(socket);
+    }
+
+    fn udp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<Socket> {
+        let socket = Socket::new(
+            Domain::for_address(dst),
+            Type::DGRAM.nonblocking().cloexec(),
+            Some(Protocol::UDP),
+        )?;
+        self.bind_outbound(&socket, dst)?;
+        socket.connect(&SockAddr::from(dst))?;
+        self.register(&socket, token, EpollFlags::EPOLLIN)?;
+        Ok(socket)
+    }
+
+    fn recv(&mut self, socket: &Socket, buf: &mut [u8]) -> io::Result<usize> {
+        nix::sys::socket::recv(socket.as_raw_fd(), buf, MsgFlags::empty()).map_err(would_block_or)
+    }
+
+    fn ping_connect(&mut self, dst: IpAddr, token: Token) -> io::Result<(Socket, PingKind)> {
+        let domain = Domain::for_address(SocketAddr::new(dst, 0));
+        let protocol = match dst {
+            IpAddr::V4(_) => Protocol::ICMPV4,
+            IpAddr::V6(_) => Protocol::ICMPV6,
+        };
+        // Unprivileged ping sockets where net.ipv4.ping_group_range allows, else raw sockets
+        // where we hold CAP_NET_RAW.
+        let (socket, kind) =
+            match Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(protocol)) {
+                Ok(socket) => (socket, PingKind::Datagram),
+                Err(_) => (
+                    Socket::new(domain, Type::RAW.nonblocking().cloexec(), Some(protocol))?,
+                    PingKind::Raw,
+                ),
+            };
+        socket.connect(&SockAddr::from(SocketAddr::new(dst, 0)))?;
+        self.register(&socket, token, EpollFlags::EPOLLIN)?;
+        Ok((socket, kind))
+    }
+}
+
+/// Why the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM, SIGINT, or the exit fd hung up.
+    Requested,
+    /// Run mode: the command exited with this status.
+    Child(i32),
+}
+
+/// Signals the loop handles; block them before any child is forked so none is lost.
+pub fn block_signals() -> io::Result<SigSet> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGCHLD);
+    set.thread_block()?;
+    // A peer closing a socket must not kill us; send() already says MSG_NOSIGNAL, this
+    // covers writes to the exit and ready fds.
+    let mut pipe = SigSet::empty();
+    pipe.add(Signal::SIGPIPE);
+    pipe.thread_block()?;
+    Ok(set)
+}
+
+pub struct EventLoop<'a> {
+    pub stack: Stack<SystemHost>,
+    pub tap: OwnedFd,
+    pub exit_fd: Option<RawFd>,
+    pub signals: SigSet,
+    /// Run mode: the command whose exit ends the loop.
+    pub child: Option<Pid>,
+    pub _marker: std::marker::PhantomData<&'a ()>,
+}
+
+impl EventLoop<'_> {
+    pub fn run(mut self) -> io::Result<Exit> {
+        let signal_fd = SignalFd::with_flags(
+            &self.signals,
+            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+        )?;
+        let epoll = &self.stack.host.epoll;
+        epoll.add(&self.tap, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TAP))?;
+        epoll.add(
+            &signal_fd,
+            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL),
+        )?;
+        if let Some(fd) = self.exit_fd {
+            // Registered for no events: HUP and ERR are always reported, data is not. An fd
+            // that is not open fails here, which means exit (slirp4netns exits on POLLNVAL).
+            let borrowed = sock::borrow_inherited(fd);
+            if epoll
+                .add(
+                    borrowed,
+                    EpollEvent::new(EpollFlags::empty(), TOKEN_EXIT_FD),
+                )
+                .is_err()
+            {
+                return Ok(Exit::Requested);
+            }
+        }
+        let mut events = vec![EpollEvent::empty(); 256];
+        let mut frame = vec![0u8; FRAME_BUFFER];
+        loop {
+            let now = Instant::now();
+            let timeout = match self.stack.poll_at() {
+                Some(at) => {
+                    let ms = at.saturating_duration_since(now).as_millis().min(60_000) as u16;
+                    // Round up so we do not wake just before the deadline.
+                    EpollTimeout::from(ms.saturating_add(1))
+                }
+                None => EpollTimeout::NONE,
+            };
+            let ready = match self.stack.host.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            let now = Instant::now();
+            for event in &events[..ready] {
+                let flags = event.events();
+                match event.data() {
+                    TOKEN_TAP => self.drain_tap(now, &mut frame)?,
+                    TOKEN_EXIT_FD => return Ok(Exit::Requested),
+                    TOKEN_SIGNAL => {
+                        if let Some(exit) = self.handle_signals(&signal_fd)? {
+                            return Ok(exit);
+                        }
+                    }
+                    token => {
+                        let readable = flags.intersects(
+                            EpollFlags::EPOLLIN
+                                | EpollFlags::EPOLLRDHUP
+                                | EpollFlags::EPOLLHUP
+                                | EpollFlags::EPOLLERR,
+                        );
+                        let writable =
+                            flags.intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR);
+                        self.stack
+                            .handle_host_event(now, Token(token), readable, writable);
+                    }
+                }
+            }
+            if self.stack.poll_at().is_some_and(|at| at <= now) {
+                self.stack.poll_timers(now);
+            }
+            self.stack.flush(now);
+            self.write_frames()?;
+        }
+    }
+
+    fn drain_tap(&mut self, now: Instant, frame: &mut [u8]) -> io::Result<()> {
+        for _ in 0..TAP_BATCH {
+            match nix::unistd::read(&self.tap, frame) {
+                Ok(0) => return Err(io::Error::other("TAP device closed")),
+                Ok(n) => self.stack.handle_frame(now, &frame[..n]),
+                Err(Errno::EAGAIN) | Err(Errno::EINTR) => break,
+                Err(e) => return Err(io::Error::other(format!("reading from TAP: {e}"))),
+            }
+            // Keep output moving during long bursts so the guest's ACKs are not delayed
+            // behind a whole batch of input.
+            if self.stack.tx.frames.len() >= TAP_BATCH {
+                self.stack.flush(now);
+                self.write_frames()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_frames(&mut self) -> io::Result<()> {
+        for (frame, len) in self.stack.tx.take() {
+            match nix::unistd::write(&self.tap, &frame[..len]) {
+                Ok(_) => {}
+                // The guest's queue is full: like a lost frame, TCP recovers.
+                Err(Errno::EAGAIN) | Err(Errno::ENOBUFS) => {
+                    self.stack.counters.dropped_tap_full += 1
+                }
+                Err(Errno::EIO) | Err(Errno::EBADFD) | Err(Errno::ENODEV) => {
+                    return Err(io::Error::other("the TAP device is gone"));
+                }
+                Err(e) => tracing::debug!(error = %e, "TAP write failed"),
+            }
+            self.stack.tx.recycle(frame);
+        }
+        Ok(())
+    }
+
+    fn handle_signals(&mut self, signal_fd: &SignalFd) -> io::Result<Option<Exit>> {
+        while let Some(info) = signal_fd.read_signal()? {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => return Ok(Some(Exit::Requested)),
+                Ok(Signal::SIGCHLD) => {
+                    let Some(child) = self.child else { continue };
+                    match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::Exited(_, code)) => return Ok(Some(Exit::Child(code))),
+                        Ok(WaitStatus::Signaled(_, signal, _)) => {
+                            return Ok(Some(Exit::Child(128 + signal as i32)));
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,294 @@
+//! Building frames for the guest with smoltcp's `wire` types.
+//!
+//! Every builder writes Ethernet + IP + transport headers in place. The TCP data path writes
+//! its payload first (peeked straight from the host socket into the frame) and the headers
+//! afterwards, so payload bytes are copied exactly once, kernel to frame.
+
+use std::net::IpAddr;
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4DstUnreachable,
+    Icmpv4Packet, Icmpv4Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr,
+    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket,
+};
+
+pub const ETHERNET_HEADER_LEN: usize = 14;
+pub const IPV4_HEADER_LEN: usize = 20;
+pub const IPV6_HEADER_LEN: usize = 40;
+pub const TCP_HEADER_LEN: usize = 20;
+pub const UDP_HEADER_LEN: usize = 8;
+/// Hop limit of everything we originate, as a router one hop away would.
+const HOP_LIMIT: u8 = 64;
+
+/// Source and destination link addresses of a frame to the guest.
+#[derive(Debug, Clone, Copy)]
+pub struct Link {
+    pub src: EthernetAddress,
+    pub dst: EthernetAddress,
+}
+
+pub fn ip_header_len(addr: IpAddr) -> usize {
+    match addr {
+        IpAddr::V4(_) => IPV4_HEADER_LEN,
+        IpAddr::V6(_) => IPV6_HEADER_LEN,
+    }
+}
+
+/// Offset of the TCP payload in a frame without TCP options.
+pub fn tcp_payload_offset(addr: IpAddr) -> usize {
+    ETHERNET_HEADER_LEN + ip_header_len(addr) + TCP_HEADER_LEN
+}
+
+/// Writes Ethernet and IP headers for an L4 payload of `l4_len` bytes at the start of `frame`,
+/// returning where the L4 header starts.
+pub fn emit_l2_l3(
+    frame: &mut [u8],
+    link: Link,
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: IpProtocol,
+    l4_len: usize,
+) -> usize {
+    let ethertype = match dst {
+        IpAddr::V4(_) => EthernetProtocol::Ipv4,
+        IpAddr::V6(_) => EthernetProtocol::Ipv6,
+    };
+    let eth = EthernetRepr {
+        src_addr: link.src,
+        dst_addr: link.dst,
+        ethertype,
+    };
+    eth.emit(&mut EthernetFrame::new_unchecked(
+        &mut frame[..ETHERNET_HEADER_LEN],
+    ));
+    let l3 = &mut frame[ETHERNET_HEADER_LEN..];
+    match (src, dst) {
+        (IpAddr::V4(src_addr), IpAddr::V4(dst_addr)) => {
+            let repr = Ipv4Repr {
+                src_addr,
+                dst_addr,
+                next_header: protocol,
+                payload_len: l4_len,
+                hop_limit: HOP_LIMIT,
+            };
+            repr.emit(
+                &mut Ipv4Packet::new_unchecked(&mut l3[..IPV4_HEADER_LEN]),
+                &ChecksumCapabilities::default(),
+            );
+            ETHERNET_HEADER_LEN + IPV4_HEADER_LEN
+        }
+        (IpAddr::V6(src_addr), IpAddr::V6(dst_addr)) => {
+            let repr = Ipv6Repr {
+                src_addr,
+                dst_addr,
+                next_header: protocol,
+                payload_len: l4_len,
+                hop_limit: HOP_LIMIT,
+            };
+            repr.emit(&mut Ipv6Packet::new_unchecked(&mut l3[..IPV6_HEADER_LEN]));
+            ETHERNET_HEADER_LEN + IPV6_HEADER_LEN
+        }
+        _ => unreachable!("flows never mix address families"),
+    }
+}
+
+/// What a TCP segment to the guest carries besides its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpHeader {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub control: TcpControl,
+    pub seq: u32,
+    pub ack: Option<u32>,
+    pub window: u16,
+    /// Only on SYN-ACKs.
+    pub max_seg_size: Option<u16>,
+    /// Only on SYN-ACKs.
+    pub window_scale: Option<u8>,
+}
+
+/// Completes a TCP frame whose `payload_len` payload bytes already sit at
+/// [`tcp_payload_offset`] (possible only without options, i.e. not for SYN-ACKs).
+/// Returns the frame length.
+pub fn finish_tcp_frame(
+    frame: &mut [u8],
+    link: Link,
+    src: IpAddr,
+    dst: IpAddr,
+    header: &TcpHeader,
+    payload_len: usize,
+) -> usize {
+    debug_assert!(header.max_seg_size.is_none() && header.window_scale.is_none());
+    let l4_len = TCP_HEADER_LEN + payload_len;
+    let l4_start = emit_l2_l3(frame, link, src, dst, IpProtocol::Tcp, l4_len);
+    let segment = &mut frame[l4_start..l4_start + l4_len];
+    emit_tcp_header(&mut segment[..TCP_HEADER_LEN], header);
+    let mut packet = TcpPacket::new_unchecked(segment);
+    if header.control == TcpControl::None && payload_len > 0 {
+        packet.set_psh(true);
+    }
+    packet.fill_checksum(&IpAddress::from(src), &IpAddress::from(dst));
+    l4_start + l4_len
+}
+
+/// Builds a whole TCP frame (any header, small payload copied in). Returns the frame length.
+pub fn build_tcp_frame(
+    frame: &mut Vec<u8>,
+    link: Link,
+    src: IpAddr,
+    dst: IpAddr,
+    header: &TcpHeader,
+    payload: &[u8],
+) -> usize {
+    let repr = tcp_repr(header, payload);
+    let l4_len = repr.buffer_len();
+    let total = ETHERNET_HEADER_LEN + ip_header_len(dst) + l4_len;
+    frame.resize(total, 0);
+    let l4_start = emit_l2_l3(frame, link, src, dst, IpProtocol::Tcp, l4_len);
+    repr.emit(
+        &mut TcpPacket::new_unchecked(&mut frame[l4_start..total]),
+        &IpAddress::from(src),
+        &IpAddress::from(dst),
+        &ChecksumCapabilities::default(),
+    );
+    total
+}
+
+fn tcp_repr<'a>(header: &TcpHeader, payload: &'a [u8]) -> TcpRepr<'a> {
+    TcpRepr {
+        src_port: header.src_port,
+        dst_port: header.dst_port,
+        control: header.control,
+        seq_number: TcpSeqNumber(header.seq as i32),
+        ack_number: header.ack.map(|ack| TcpSeqNumber(ack as i32)),
+        window_len: header.window,
+        window_scale: header.window_scale,
+        max_seg_size: header.max_seg_size,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload,
+    }
+}
+
+fn emit_tcp_header(buf: &mut [u8], header: &TcpHeader) {
+    let repr = tcp_repr(header, &[]);
+    // Checksum is filled over header and payload by the caller.
+    repr.emit(
+        &mut TcpPacket::new_unchecked(buf),
+        &IpAddress::Ipv4(std::net::Ipv4Addr::UNSPECIFIED),
+        &IpAddress::Ipv4(std::net::Ipv4Addr::UNSPECIFIED),
+        &ChecksumCapabilities::ignored(),
+    );
+}
+
+/// Writes Ethernet + IP + UDP headers in front of `payload_len` bytes already placed at
+/// [`udp_payload_offset`]. Returns the frame length.
+pub fn finish_udp_frame(
+    frame: &mut [u8],
+    link: Link,
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+    payload_len: usize,
+) -> usize {
+    let l4_len = UDP_HEADER_LEN + payload_len;
+    let l4_start = emit_l2_l3(frame, link, src.ip(), dst.ip(), IpProtocol::Udp, l4_len);
+    let mut packet = UdpPacket::new_unchecked(&mut frame[l4_start..l4_start + l4_len]);
+    packet.set_src_port(src.port());
+    packet.set_dst_port(dst.port());
+    packet.set_len(l4_len as u16);
+    packet.fill_checksum(&IpAddress::from(src.ip()), &IpAddress::from(dst.ip()));
+    l4_start + l4_len
+}
+
+pub fn udp_payload_offset(addr: IpAddr) -> usize {
+    ETHERNET_HEADER_LEN + ip_header_len(addr) + UDP_HEADER_LEN
+}
+
+/// Builds an ICMPv4 message from `src` to `dst`. Returns the frame length.
+pub fn build_icmpv4_frame(
+    frame: &mut Vec<u8>,
+    link: Link,
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    repr: &Icmpv4Repr,
+) -> usize {
+    let l4_len = repr.buffer_len();
+    let total = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + l4_len;
+    frame.resize(total, 0);
+    let l4_start = emit_l2_l3(
+        frame,
+        link,
+        src.into(),
+        dst.into(),
+        IpProtocol::Icmp,
+        l4_len,
+    );
+    repr.emit(
+        &mut Icmpv4Packet::new_unchecked(&mut frame[l4_start..total]),
+        &ChecksumCapabilities::default(),
+    );
+    total
+}
+
+/// An ICMP destination unreachable for a datagram the guest sent: `original` is its IP header
+/// plus at least the first 8 bytes of its payload (RFC 792).
+pub fn build_unreachable_frame(
+    frame: &mut Vec<u8>,
+    link: Link,
+    router: std::net::Ipv4Addr,
+    original_header: Ipv4Repr,
+    original_payload_head: &[u8],
+    reason: Icmpv4DstUnreachable,
+) -> usize {
+    let head = &original_payload_head[..original_payload_head.len().min(8)];
+    let repr = Icmpv4Repr::DstUnreachable {
+        reason,
+        header: original_header,
+        data: head,
+    };
+    build_icmpv4_frame(frame, link, router, original_header.src_addr, &repr)
+}
+
+/// Frames for the guest, and a pool of buffers to build them in without allocating per frame.
+#[derive(Default)]
+pub struct Tx {
+    /// Built frames with their lengths, in order, for the event loop to write.
+    pub frames: Vec<(Vec<u8>, usize)>,
+    pool: Vec<Vec<u8>>,
+}
+
+impl Tx {
+    /// A buffer of at least `len` bytes (contents unspecified).
+    pub fn buffer(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = self.pool.pop().unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf
+    }
+
+    pub fn push(&mut self, frame: Vec<u8>, len: usize) {
+        self.frames.push((frame, len));
+    }
+
+    pub fn recycle(&mut self, frame: Vec<u8>) {
+        // Bounded so a burst does not keep its memory forever.
+        if self.pool.len() < 256 {
+            self.pool.push(frame);
+        }
+    }
+
+    /// Builds and queues a TCP frame without payload.
+    pub fn push_tcp(&mut self, link: Link, src: IpAddr, dst: IpAddr, header: &TcpHeader) {
+        let mut frame = self.buffer(0);
+        let len = build_tcp_frame(&mut frame, link, src, dst, header, &[]);
+        self.push(frame, len);
+    }
+
+    /// Takes the queued frames; hand the buffers back with [`Tx::recycle`].
+    pub fn take(&mut self) -> Vec<(Vec<u8>, usize)> {
+        std::mem::take(&mut self.frames)
+    }
+}

@@ -1,0 +1,45 @@
+//! The boundary between the core and the host: the few socket operations the translation
+//! needs. The event loop implements it with real sockets; tests may implement it with fakes.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+/// Identifies a flow to the event loop, which hands it back when the flow's socket is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Token(pub u64);
+
+/// How an ICMP echo socket talks to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingKind {
+    /// `SOCK_DGRAM`/`IPPROTO_ICMP`: the kernel owns the identifier, replies carry no IP header.
+    Datagram,
+    /// `SOCK_RAW`: we own the identifier, replies start with the IP header.
+    Raw,
+}
+
+pub trait Host {
+    type Socket;
+
+    /// Starts a non-blocking connect; completion is reported through the socket's token.
+    fn tcp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<Self::Socket>;
+    /// `Ok` once connected, `WouldBlock` while in progress, else the connect error.
+    fn connect_result(&mut self, socket: &Self::Socket) -> io::Result<()>;
+    fn send(&mut self, socket: &Self::Socket, buf: &[u8]) -> io::Result<usize>;
+    /// Copies received bytes from the current peek offset without consuming them, and
+    /// advances the offset. `Ok(0)` means the peer closed and everything was peeked.
+    fn peek(&mut self, socket: &Self::Socket, buf: &mut [u8]) -> io::Result<usize>;
+    /// Moves the peek offset back to the first unconsumed byte (for retransmission).
+    fn rewind_peek(&mut self, socket: &Self::Socket) -> io::Result<()>;
+    /// Consumes `len` bytes already peeked (the guest acknowledged them).
+    fn discard(&mut self, socket: &Self::Socket, len: usize) -> io::Result<()>;
+    fn shutdown_write(&mut self, socket: &Self::Socket) -> io::Result<()>;
+    /// Closes with a reset instead of a FIN.
+    fn abort(&mut self, socket: Self::Socket);
+
+    /// A UDP socket connected to `dst`.
+    fn udp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<Self::Socket>;
+    fn recv(&mut self, socket: &Self::Socket, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// A socket for ICMP echo to `dst`.
+    fn ping_connect(&mut self, dst: IpAddr, token: Token) -> io::Result<(Self::Socket, PingKind)>;
+}

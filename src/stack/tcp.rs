@@ -1,0 +1,545 @@
+//! TCP translation: each guest connection is mapped onto one host socket, and the two kernels
+//! do the TCP work (ARCHITECTURE.md, "The data path").
+//!
+//! Guest → host: payload goes straight into the host socket; we acknowledge to the guest only
+//! what the host socket took. Bytes it refused wait in `pending` (never dropped, never acked
+//! early); the window we advertise is what `pending` can still hold.
+//! Host → guest: bytes are peeked (`MSG_PEEK` with `SO_PEEK_OFF`) from the host socket straight
+//! into frames, so unacknowledged data stays in the kernel's receive buffer, which is our
+//! retransmission queue; acknowledged bytes are then discarded from it.
+//!
+//! Read before editing: RFC 9293 (sequence space, segment acceptability), RFC 7323 (window
+//! scaling), RFC 6298 (retransmission timer). Deliberately not done: SACK, timestamps, urgent
+//! data, simultaneous open.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use smoltcp::wire::TcpControl;
+
+use super::frame::{Link, TcpHeader, Tx, finish_tcp_frame, tcp_payload_offset};
+
+/// How many bytes of guest data we hold when the host socket is full. It is also the largest
+/// window we advertise.
+pub const RECEIVE_BUFFER: usize = 4 << 20;
+/// Window scale we offer: 4 MiB windows need a shift of at least 7.
+pub const WINDOW_SHIFT: u8 = 7;
+/// Out-of-order segments kept per flow.
+const MAX_OUT_OF_ORDER: usize = 64;
+const INITIAL_RTO: Duration = Duration::from_millis(200);
+const MAX_RTO: Duration = Duration::from_secs(30);
+/// Retransmissions without progress before the flow is reset.
+const MAX_RETRIES: u32 = 12;
+
+/// Guest address and port, and the remote address and port the guest addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub guest: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    /// Guest SYN received; host connect in progress.
+    Connecting,
+    /// Host connected; SYN-ACK sent, waiting for the guest's ACK.
+    SynAckSent,
+    Established,
+}
+
+/// A guest segment, parsed.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment<'a> {
+    pub seq: u32,
+    pub ack: Option<u32>,
+    pub syn: bool,
+    pub fin: bool,
+    pub rst: bool,
+    pub window: u16,
+    pub max_seg_size: Option<u16>,
+    pub window_scale: Option<u8>,
+    pub payload: &'a [u8],
+}
+
+/// What the stack must do after the flow handled an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Keep,
+    /// Both directions closed cleanly: drop the host socket.
+    Close,
+    /// Send a RST to the guest and abort the host socket.
+    Reset,
+    /// Abort the host socket without telling the guest (it reset us).
+    Abort,
+}
+
+pub struct TcpFlow<S> {
+    pub key: FlowKey,
+    pub socket: S,
+    pub state: TcpState,
+    mss: usize,
+    /// Both SYNs carried a window scale option.
+    scaling: bool,
+    // Guest → host.
+    /// Everything before this the host socket has taken; what we acknowledge.
+    rcv_acked: u32,
+    /// Bytes from `rcv_acked` on, received in order but not yet taken by the host socket.
+    pending: VecDeque<u8>,
+    out_of_order: Vec<(u32, Vec<u8>)>,
+    /// Sequence number of the guest's FIN once every byte before it arrived.
+    guest_fin_seq: Option<u32>,
+    guest_fin_forwarded: bool,
+    // Host → guest.
+    iss: u32,
+    snd_una: u32,
+    snd_nxt: u32,
+    /// Guest's window in bytes, already scaled.
+    snd_wnd: u32,
+    snd_shift: u8,
+    host_eof: bool,
+    fin_sent: bool,
+    fin_acked: bool,
+    dup_acks: u8,
+    rto: Duration,
+    retries: u32,
+    pub timer: Option<Instant>,
+    /// An ACK (or window update) is owed to the guest.
+    pub ack_due: bool,
+}
+
+fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+fn seq_le(a: u32, b: u32) -> bool {
+    !seq_lt(b, a)
+}
+
+impl<S> TcpFlow<S> {
+    /// A flow for a guest SYN whose host connect has started.
+    pub fn new(key: FlowKey, socket: S, syn: &Segment, iss: u32, link_mss: usize) -> Self {
+        let scaling = syn.window_scale.is_some();
+        let guest_mss = usize::from(syn.max_seg_size.unwrap_or(536));
+        TcpFlow {
+            key,
+            socket,
+            state: TcpState::Connecting,
+            mss: guest_mss.min(link_mss).max(64),
+            scaling,
+            rcv_acked: syn.seq.wrapping_add(1),
+            pending: VecDeque::new(),
+            out_of_order: Vec::new(),
+            guest_fin_seq: None,
+            guest_fin_forwarded: false,
+            iss,
+            snd_una: iss,
+            snd_nxt: iss,
+            snd_wnd: u32::from(syn.window),
+            snd_shift: syn.window_scale.unwrap_or(0).min(14),
+            host_eof: false,
+            fin_sent: false,
+            fin_acked: false,
+            dup_acks: 0,
+            rto: INITIAL_RTO,
+            retries: 0,
+            timer: None,
+            ack_due: false,
+        }
+    }
+
+    /// The window we advertise, scaled for the header.
+    fn window_field(&self) -> u16 {
+        let free = RECEIVE_BUFFER.saturating_sub(self.pending.len());
+        if self.scaling {
+            (free >> WINDOW_SHIFT).min(0xffff) as u16
+        } else {
+            free.min(0xffff) as u16
+        }
+    }
+
+    fn header(&self, control: TcpControl, seq: u32) -> TcpHeader {
+        TcpHeader {
+            src_port: self.key.remote.port(),
+            dst_port: self.key.guest.port(),
+            control,
+            seq,
+            ack: Some(self.rcv_acked),
+            window: self.window_field(),
+            max_seg_size: None,
+            window_scale: None,
+        }
+    }
+
+    /// The SYN-ACK, once the host connect succeeded.
+    pub fn syn_ack(&self, link_mss: usize) -> TcpHeader {
+        TcpHeader {
+            src_port: self.key.remote.port(),
+            dst_port: self.key.guest.port(),
+            control: TcpControl::Syn,
+            seq: self.iss,
+            ack: Some(self.rcv_acked),
+            // RFC 7323: the window in a SYN is never scaled.
+            window: RECEIVE_BUFFER.min(0xffff) as u16,
+            max_seg_size: Some(link_mss.min(0xffff) as u16),
+            window_scale: self.scaling.then_some(WINDOW_SHIFT),
+        }
+    }
+
+    /// Host connect completed: the SYN-ACK goes out and its timer runs.
+    pub fn on_connected(&mut self, now: Instant) {
+        self.state = TcpState::SynAckSent;
+        self.snd_nxt = self.iss.wrapping_add(1);
+        self.timer = Some(now + self.rto);
+    }
+
+    /// A pure ACK carrying our current window.
+    pub fn ack_header(&mut self) -> TcpHeader {
+        self.ack_due = false;
+        self.header(TcpControl::None, self.snd_nxt)
+    }
+
+    /// The RST that tells the guest the host side failed.
+    pub fn rst_header(&self) -> TcpHeader {
+        let mut header = self.header(TcpControl::Rst, self.snd_nxt);
+        header.window = 0;
+        header
+    }
+
+    /// Handles a guest segment for this flow. Data is written to the host socket here.
+    pub fn on_segment<H: super::host::Host<Socket = S>>(
+        &mut self,
+        host: &mut H,
+        now: Instant,
+        seg: &Segment,
+    ) -> Verdict {
+        if seg.rst {
+            return Verdict::Abort;
+        }
+        if seg.syn {
+            // A retransmitted SYN: the SYN-ACK is resent by the caller when we are past
+            // connecting; otherwise the host connect is still under way.
+            if self.state == TcpState::SynAckSent {
+                self.timer = Some(now);
+            }
+            return Verdict::Keep;
+        }
+        let Some(ack) = seg.ack else {
+            return Verdict::Keep;
+        };
+        if self.state == TcpState::Connecting {
+            return Verdict::Keep;
+        }
+        if self.state == TcpState::SynAckSent {
+            if ack != self.iss.wrapping_add(1) {
+                return Verdict::Reset;
+            }
+            self.state = TcpState::Established;
+            self.snd_una = ack;
+            self.timer = None;
+            self.retries = 0;
+        }
+        if let Err(verdict) = self.on_ack(host, now, ack, seg) {
+            return verdict;
+        }
+        if !seg.payload.is_empty() || seg.fin {
+            if let Err(verdict) = self.on_data(host, seg) {
+                return verdict;
+            }
+        }
+        self.poll_close()
+    }
+
+    fn on_ack<H: super::host::Host<Socket = S>>(
+        &mut self,
+        host: &mut H,
+        now: Instant,
+        ack: u32,
+        seg: &Segment,
+    ) -> Result<(), Verdict> {
+        let window = u32::from(seg.window) << self.snd_shift;
+        if seq_lt(self.snd_una, ack) && seq_le(ack, self.snd_nxt) {
+            let mut acked = ack.wrapping_sub(self.snd_una) as usize;
+            if self.fin_sent && ack == self.snd_nxt {
+                self.fin_acked = true;
+                acked -= 1;
+            }
+            if acked > 0 {
+                host.discard(&self.socket, acked)
+                    .map_err(|_| Verdict::Reset)?;
+            }
+            self.snd_una = ack;
+            self.dup_acks = 0;
+            self.retries = 0;
+            self.rto = INITIAL_RTO;
+            self.timer = (self.snd_una != self.snd_nxt).then(|| now + self.rto);
+        } else if ack == self.snd_una
+            && seg.payload.is_empty()
+            && !seg.fin
+            && self.snd_una != self.snd_nxt
+            && window == self.snd_wnd
+        {
+            self.dup_acks += 1;
+            if self.dup_acks == 3 {
+                self.rewind(host)?;
+            }
+        }
+        self.snd_wnd = window;
+        Ok(())
+    }
+
+    /// Go back to the first unacknowledged byte (RFC 6298 5.4, go-back-N).
+    fn rewind<H: super::host::Host<Socket = S>>(&mut self, host: &mut H) -> Result<(), Verdict> {
+        host.rewind_peek(&self.socket).map_err(|_| Verdict::Reset)?;
+        self.snd_nxt = self.snd_una;
+        if !self.fin_acked {
+            self.fin_sent = false;
+        }
+        Ok(())
+    }
+
+    fn on_data<H: super::host::Host<Socket = S>>(
+        &mut self,
+        host: &mut H,
+        seg: &Segment,
+    ) -> Result<(), Verdict> {
+        let expected = self.rcv_acked.wrapping_add(self.pending.len() as u32);
+        let len = seg.payload.len() as u32;
+        let end = seg.seq.wrapping_add(len);
+        self.ack_due = true;
+        if seq_le(seg.seq, expected) && seq_lt(expected, end) {
+            let skip = expected.wrapping_sub(seg.seq) as usize;
+            self.accept(host, &seg.payload[skip..])?;
+            self.drain_out_of_order(host)?;
+        } else if seq_lt(expected, seg.seq) && !seg.payload.is_empty() {
+            let ahead = seg.seq.wrapping_sub(expected) as usize;
+            let queued: usize = self.out_of_order.iter().map(|(_, d)| d.len()).sum();
+            if ahead + seg.payload.len() <= RECEIVE_BUFFER - self.pending.len()
+                && queued + seg.payload.len() <= RECEIVE_BUFFER
+                && self.out_of_order.len() < MAX_OUT_OF_ORDER
+                && !self.out_of_order.iter().any(|(s, _)| *s == seg.seq)
+            {
+                self.out_of_order.push((seg.seq, seg.payload.to_vec()));
+            }
+        }
+        if seg.fin {
+            let expected = self.rcv_acked.wrapping_add(self.pending.len() as u32);
+            if end == expected {
+                self.guest_fin_seq = Some(end);
+            }
+        }
+        self.forward_fin(host)
+    }
+
+    fn drain_out_of_order<H: super::host::Host<Socket = S>>(
+        &mut self,
+        host: &mut H,
+    ) -> Result<(), Verdict> {
+        loop {
+            let expected = self.rcv_acked.wrapping_add(self.pending.len() as u32);
+            let Some(position) = self.out_of_order.iter().position(|(seq, data)| {
+                seq_le(*seq, expected) && seq_lt(expected, seq.wrapping_add(data.len() as u32))
+            }) else {
+                break;
+            };
+            let (seq, data) = self.out_of_order.swap_remove(position);
+            let skip = expected.wrapping_sub(seq) as usize;
+            self.accept(host, &data[skip..])?;
+        }
+        // Whatever now lies wholly before the expected point is stale.
+        let expected = self.rcv_acked.wrapping_add(self.pending.len() as u32);
+        self.out_of_order
+            .retain(|(seq, data)| seq_lt(expected, seq.wrapping_add(data.len() as u32)));
+        Ok(())
+    }
+
+    /// In-order bytes: straight to the host socket, the rest kept.
+    fn accept<H: super::host::Host<Socket = S>>(
+        &mut self,
+        host: &mut H,
+        data: &[u8],
+    ) -> Result<(), Verdict> {
+        let mut taken = 0;
+        if self.pending.is_empty() {
+            taken = match host.send(&self.socket, data) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(_) => return Err(Verdict::Reset),
+            };
+            self.rcv_acked = self.rcv_acked.wrapping_add(taken as u32);
+        }
+        let room = RECEIVE_BUFFER - self.pending.len();
+        let rest = &data[taken..];
+        // Past the window we advertised: not acknowledged, the guest sends it again.
+        self.pending.extend(&rest[..rest.len().min(room)]);
+        Ok(())
+    }
+
+    /// The host socket can take more: flush what waits.
+    pub fn on_writable<H: super::host::Host<Socket = S>>(&mut self, host: &mut H) -> Verdict {
+        if self.pending.is_empty() {
+            return Verdict::Keep;
+        }
+        while !self.pending.is_empty() {
+            let (front, _) = self.pending.as_slices();
+            let front_len = front.len();
+            match host.send(&self.socket, front) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                    self.rcv_acked = self.rcv_acked.wrapping_add(n as u32);
+                    self.ack_due = true;
+                    if n < front_len {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return Verdict::Reset,
+            }
+        }
+        if self.pending.is_empty() && self.pending.capacity() > 64 << 10 {
+            self.pending.shrink_to(0);
+        }
+        if let Err(verdict) = self.forward_fin(host) {
+            return verdict;
+        }
+        self.poll_close()
+    }
+
+    fn forward_fin<H: super::host::Host<Socket = S>>(
+        &mut self,
+        host: &mut H,
+    ) -> Result<(), Verdict> {
+        if self.guest_fin_forwarded || !self.pending.is_empty() {
+            return Ok(());
+        }
+        if self.guest_fin_seq == Some(self.rcv_acked) {
+            host.shutdown_write(&self.socket)
+                .map_err(|_| Verdict::Reset)?;
+            self.rcv_acked = self.rcv_acked.wrapping_add(1);
+            self.guest_fin_forwarded = true;
+            self.ack_due = true;
+        }
+        Ok(())
+    }
+
+    fn poll_close(&self) -> Verdict {
+        if self.guest_fin_forwarded && self.fin_acked {
+            Verdict::Close
+        } else {
+            Verdict::Keep
+        }
+    }
+
+    /// Sends what the host has for the guest, within the guest's window, peeking the host
+    /// socket straight into frames.
+    pub fn poll_send<H: super::host::Host<Socket = S>>(
+        &mut self,
+        host: &mut H,
+        now: Instant,
+        link: Link,
+        tx: &mut Tx,
+    ) -> Verdict {
+        if self.state != TcpState::Established {
+            return Verdict::Keep;
+        }
+        let offset = tcp_payload_offset(self.key.guest.ip());
+        while !self.fin_sent {
+            let in_flight = self.snd_nxt.wrapping_sub(self.snd_una);
+            let room = self.snd_wnd.saturating_sub(in_flight) as usize;
+            if room == 0 {
+                // Zero window: the retransmission timer doubles as the persist timer.
+                self.timer.get_or_insert(now + self.rto);
+                break;
+            }
+            let len = room.min(self.mss);
+            let mut frame = tx.buffer(offset + len);
+            match host.peek(&self.socket, &mut frame[offset..offset + len]) {
+                Ok(0) => {
+                    tx.recycle(frame);
+                    self.host_eof = true;
+                    let header = self.header(TcpControl::Fin, self.snd_nxt);
+                    tx.push_tcp(link, self.key.remote.ip(), self.key.guest.ip(), &header);
+                    self.snd_nxt = self.snd_nxt.wrapping_add(1);
+                    self.fin_sent = true;
+                    self.ack_due = false;
+                    self.timer.get_or_insert(now + self.rto);
+                }
+                Ok(n) => {
+                    let header = self.header(TcpControl::None, self.snd_nxt);
+                    let (src, dst) = (self.key.remote.ip(), self.key.guest.ip());
+                    let frame_len = finish_tcp_frame(&mut frame, link, src, dst, &header, n);
+                    tx.push(frame, frame_len);
+                    self.snd_nxt = self.snd_nxt.wrapping_add(n as u32);
+                    self.ack_due = false;
+                    self.timer.get_or_insert(now + self.rto);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tx.recycle(frame);
+                    break;
+                }
+                Err(_) => {
+                    tx.recycle(frame);
+                    return Verdict::Reset;
+                }
+            }
+        }
+        self.poll_close()
+    }
+
+    /// The flow's timer fired: retransmit the SYN-ACK or unacknowledged data, or probe a
+    /// zero window.
+    pub fn on_timer<H: super::host::Host<Socket = S>>(
+        &mut self,
+        host: &mut H,
+        now: Instant,
+        link: Link,
+        link_mss: usize,
+        tx: &mut Tx,
+    ) -> Verdict {
+        self.timer = None;
+        match self.state {
+            TcpState::Connecting => Verdict::Keep,
+            TcpState::SynAckSent => {
+                if self.retries >= MAX_RETRIES / 2 {
+                    return Verdict::Reset;
+                }
+                self.retries += 1;
+                self.rto = (self.rto * 2).min(MAX_RTO);
+                self.timer = Some(now + self.rto);
+                let header = self.syn_ack(link_mss);
+                tx.push_tcp(link, self.key.remote.ip(), self.key.guest.ip(), &header);
+                Verdict::Keep
+            }
+            TcpState::Established => {
+                if self.retries >= MAX_RETRIES {
+                    return Verdict::Reset;
+                }
+                if self.snd_una != self.snd_nxt {
+                    self.retries += 1;
+                    self.rto = (self.rto * 2).min(MAX_RTO);
+                    if let Err(verdict) = self.rewind(host) {
+                        return verdict;
+                    }
+                    self.poll_send(host, now, link, tx)
+                } else if self.snd_wnd == 0 && !self.fin_sent {
+                    // RFC 9293 3.8.6.1: probe the zero window. A segment just below the
+                    // window makes the guest answer with its current window.
+                    self.retries += 1;
+                    self.rto = (self.rto * 2).min(MAX_RTO);
+                    self.timer = Some(now + self.rto);
+                    let header = self.header(TcpControl::None, self.snd_una.wrapping_sub(1));
+                    tx.push_tcp(link, self.key.remote.ip(), self.key.guest.ip(), &header);
+                    Verdict::Keep
+                } else {
+                    Verdict::Keep
+                }
+            }
+        }
+    }
+
+    /// Bytes waiting for the host socket (for tests and counters).
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+}
