@@ -176,6 +176,32 @@ impl Host for SystemHost {
     }
 }
 
+/// Waits up to `timeout_ms` for host sockets and hands their readiness to the stack; returns
+/// how many were ready. The event loop does this with the TAP in the same set; tests drive a
+/// stack with it alone.
+pub fn dispatch_host_events(stack: &mut Stack<SystemHost>, timeout_ms: u16) -> io::Result<usize> {
+    let mut events = [EpollEvent::empty(); 64];
+    let ready = match stack.host.epoll.wait(&mut events, EpollTimeout::from(timeout_ms)) {
+        Ok(n) => n,
+        Err(Errno::EINTR) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    let now = Instant::now();
+    for event in &events[..ready] {
+        dispatch_host_event(stack, now, event);
+    }
+    Ok(ready)
+}
+
+fn dispatch_host_event(stack: &mut Stack<SystemHost>, now: Instant, event: &EpollEvent) {
+    let flags = event.events();
+    let readable = flags.intersects(
+        EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR,
+    );
+    let writable = flags.intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR);
+    stack.handle_host_event(now, Token(event.data()), readable, writable);
+}
+
 /// Why the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -255,7 +281,6 @@ impl EventLoop<'_> {
             };
             let now = Instant::now();
             for event in &events[..ready] {
-                let flags = event.events();
                 match event.data() {
                     TOKEN_TAP => self.drain_tap(now, &mut frame)?,
                     TOKEN_EXIT_FD => return Ok(Exit::Requested),
@@ -264,18 +289,7 @@ impl EventLoop<'_> {
                             return Ok(exit);
                         }
                     }
-                    token => {
-                        let readable = flags.intersects(
-                            EpollFlags::EPOLLIN
-                                | EpollFlags::EPOLLRDHUP
-                                | EpollFlags::EPOLLHUP
-                                | EpollFlags::EPOLLERR,
-                        );
-                        let writable =
-                            flags.intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR);
-                        self.stack
-                            .handle_host_event(now, Token(token), readable, writable);
-                    }
+                    _ => dispatch_host_event(&mut self.stack, now, event),
                 }
             }
             if self.stack.poll_at().is_some_and(|at| at <= now) {

@@ -6,3 +6,4 @@ pub mod config;
 pub mod event_loop;
 pub mod stack;
 pub mod sys;
+pub mod run;

@@ -58,7 +58,7 @@ pub struct StackConfig {
     pub mtu: usize,
     pub disable_host_loopback: bool,
     /// Where DNS to net+3:53 goes; `None` when `--disable-dns` or no resolver is known.
-    pub dns_upstream: Option<IpAddr>,
+    pub dns_upstream: Option<SocketAddr>,
     pub limits: Limits,
 }
 
@@ -388,7 +388,7 @@ impl<H: Host> Stack<H> {
         }
         if *dst.ip() == net.dns {
             return match self.config.dns_upstream {
-                Some(upstream) if dst.port() == 53 => Ok(SocketAddr::new(upstream, 53)),
+                Some(upstream) if dst.port() == 53 => Ok(upstream),
                 _ => Err(Icmpv4DstUnreachable::PortUnreachable),
             };
         }

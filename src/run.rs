@@ -1,0 +1,123 @@
+//! Start-up in the order engines rely on: namespace and TAP first, then readiness, then the
+//! event loop until the exit fd, a signal, or (run mode) the command ends.
+
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::config::{Config, Target};
+use crate::event_loop::{self, EventLoop, Exit, SystemHost};
+use crate::stack::{Limits, Stack, StackConfig};
+use crate::sys;
+
+/// Runs slirpnet; returns the process exit status.
+pub fn run(config: &Config) -> anyhow::Result<i32> {
+    // Before any fork: a child's exit or a SIGTERM during start-up must not be lost.
+    let signals = event_loop::block_signals().context("blocking signals")?;
+
+    let (netns, userns, child) = match &config.target {
+        Target::Pid(pid) => (sys::NetnsRef::Pid(*pid), config.userns_path.clone(), None),
+        Target::Path(path) => (
+            sys::NetnsRef::Path(path.clone()),
+            config.userns_path.clone(),
+            None,
+        ),
+        Target::Command(command) => {
+            let child = sys::spawn_in_new_namespace(command)?;
+            (sys::NetnsRef::Pid(child.pid()), None, Some(child))
+        }
+    };
+    let configure = config.configure.then(|| sys::LinkConfig {
+        mtu: config.mtu,
+        mac: config.mac,
+        address: config.net.guest,
+        prefix_len: config.net.prefix_len,
+        gateway: config.net.gateway,
+    });
+    let tap = sys::open_tap(&sys::TapRequest {
+        netns,
+        userns,
+        tap_name: config.tap_name.clone(),
+        configure,
+        vnet_hdr: false,
+    })?;
+    sys::set_nonblocking(tap.as_fd())?;
+
+    let dns_upstream = if config.disable_dns {
+        None
+    } else {
+        first_nameserver(Path::new("/etc/resolv.conf")).map(|ip| std::net::SocketAddr::new(ip, 53))
+    };
+    let host = SystemHost::new(config.outbound_addr).context("creating epoll")?;
+    let stack = Stack::new(
+        host,
+        StackConfig {
+            net: config.net,
+            mtu: config.mtu as usize,
+            disable_host_loopback: config.disable_host_loopback,
+            dns_upstream,
+            limits: Limits::default(),
+        },
+        Instant::now(),
+    );
+    if let Some(fd) = config.ready_fd {
+        sys::write_ready_byte(fd)?;
+    }
+    let child_pid = child.as_ref().map(|c| nix::unistd::Pid::from_raw(c.pid()));
+    if let Some(child) = child {
+        child.release()?;
+    }
+    let event_loop = EventLoop {
+        stack,
+        tap,
+        exit_fd: config.exit_fd,
+        signals,
+        child: child_pid,
+        _marker: std::marker::PhantomData,
+    };
+    match event_loop.run()? {
+        Exit::Requested => Ok(0),
+        Exit::Child(status) => Ok(status),
+    }
+}
+
+/// The first `nameserver` of a resolv.conf, whatever its address family.
+pub fn first_nameserver(path: &Path) -> Option<IpAddr> {
+    let text = std::fs::read_to_string(path).ok()?;
+    parse_first_nameserver(&text)
+}
+
+fn parse_first_nameserver(text: &str) -> Option<IpAddr> {
+    text.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        if words.next()? != "nameserver" {
+            return None;
+        }
+        // A scoped IPv6 address (fe80::1%eth0) keeps only the address.
+        words.next()?.split('%').next()?.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_nameserver_skips_comments_and_takes_the_first() {
+        let text = "# generated\nsearch example\nnameserver 127.0.0.53\nnameserver 10.1.1.1\n";
+        assert_eq!(parse_first_nameserver(text), Some("127.0.0.53".parse().unwrap()));
+    }
+
+    #[test]
+    fn first_nameserver_reads_ipv6_and_drops_the_scope() {
+        assert_eq!(
+            parse_first_nameserver("nameserver fe80::1%eth0\n"),
+            Some("fe80::1".parse().unwrap())
+        );
+        assert_eq!(parse_first_nameserver("options ndots:1\n"), None);
+        assert_eq!(parse_first_nameserver("nameserver bogus\n"), None);
+    }
+}

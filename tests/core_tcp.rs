@@ -1,0 +1,178 @@
+//! Core TCP translation against a simulated guest and real loopback servers (no root).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::thread;
+use std::time::Duration;
+
+use smoltcp::socket::tcp::State;
+use support::guest::{Harness, pattern, stack_config};
+
+fn gateway(port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 2, 2], port))
+}
+
+#[test]
+fn download_and_upload_one_mib_through_the_gateway() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let download = pattern(1 << 20, 7);
+    let upload = pattern(1 << 20, 99);
+    let served = download.clone();
+    let server = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.write_all(&served).unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).unwrap();
+        got
+    });
+
+    let mut h = Harness::new(stack_config(1500));
+    let s = h.tcp_socket(256 << 10);
+    h.connect(s, gateway(port), 40000);
+    h.run_until("established", Duration::from_secs(5), |h| h.tcp(s).state() == State::Established);
+
+    let mut received = Vec::new();
+    let mut sent = 0;
+    h.run_until("transfer", Duration::from_secs(30), |h| {
+        let sock = h.tcp(s);
+        while sock.can_recv() {
+            sock.recv(|buf| {
+                received.extend_from_slice(buf);
+                (buf.len(), ())
+            })
+            .unwrap();
+        }
+        if sent < upload.len() && sock.can_send() {
+            sent += sock.send_slice(&upload[sent..]).unwrap();
+        }
+        if sent == upload.len() && received.len() == download.len() {
+            sock.close();
+            return true;
+        }
+        false
+    });
+    assert_eq!(received, download, "download corrupted");
+    h.run_until("upload done", Duration::from_secs(10), |_| server.is_finished());
+    assert_eq!(server.join().unwrap(), upload, "upload corrupted");
+    // Both sides closed: nothing may linger in the flow table.
+    h.run_until("flow cleanup", Duration::from_secs(5), |h| h.stack.tcp_flow_count() == 0);
+}
+
+#[test]
+fn refused_connect_is_reset_at_once() {
+    // Bind then drop to get a port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut h = Harness::new(stack_config(1500));
+    let s = h.tcp_socket(4096);
+    h.connect(s, gateway(port), 40001);
+    h.run_until("reset", Duration::from_secs(2), |h| h.tcp(s).state() == State::Closed);
+    assert_eq!(h.stack.counters.tcp_connects_refused, 1);
+    assert_eq!(h.stack.tcp_flow_count(), 0);
+}
+
+#[test]
+fn half_close_from_the_guest_then_reply_from_the_host() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        conn.read_to_end(&mut request).unwrap(); // ends only on the guest's FIN
+        conn.write_all(b"reply to: ").unwrap();
+        conn.write_all(&request).unwrap();
+        conn.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut h = Harness::new(stack_config(1500));
+    let s = h.tcp_socket(4096);
+    h.connect(s, gateway(port), 40002);
+    h.run_until("established", Duration::from_secs(5), |h| h.tcp(s).state() == State::Established);
+    h.tcp(s).send_slice(b"hello").unwrap();
+    h.tcp(s).close();
+    let mut reply = Vec::new();
+    h.run_until("reply and FIN", Duration::from_secs(5), |h| {
+        let sock = h.tcp(s);
+        while sock.can_recv() {
+            sock.recv(|b| {
+                reply.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        matches!(sock.state(), State::TimeWait | State::Closed)
+    });
+    server.join().unwrap();
+    assert_eq!(reply, b"reply to: hello");
+    h.run_until("flow cleanup", Duration::from_secs(5), |h| h.stack.tcp_flow_count() == 0);
+}
+
+#[test]
+fn host_reset_reaches_the_guest() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let server = thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        wait.recv().unwrap();
+        socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(conn);
+    });
+    let mut h = Harness::new(stack_config(1500));
+    let s = h.tcp_socket(4096);
+    h.connect(s, gateway(port), 40003);
+    h.run_until("established", Duration::from_secs(5), |h| h.tcp(s).state() == State::Established);
+    go.send(()).unwrap();
+    server.join().unwrap();
+    h.run_until("reset", Duration::from_secs(5), |h| h.tcp(s).state() == State::Closed);
+    assert_eq!(h.stack.tcp_flow_count(), 0);
+}
+
+#[test]
+fn guest_reset_resets_the_host_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0; 16];
+        conn.read(&mut buf).map_err(|e| e.kind())
+    });
+    let mut h = Harness::new(stack_config(1500));
+    let s = h.tcp_socket(4096);
+    h.connect(s, gateway(port), 40004);
+    h.run_until("established", Duration::from_secs(5), |h| h.tcp(s).state() == State::Established);
+    h.tcp(s).abort();
+    h.run_until("host sees reset", Duration::from_secs(5), |_| server.is_finished());
+    assert_eq!(server.join().unwrap(), Err(std::io::ErrorKind::ConnectionReset));
+    assert_eq!(h.stack.tcp_flow_count(), 0);
+}
+
+#[test]
+fn large_mtu_transfer_is_intact() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let data = pattern(4 << 20, 3);
+    let served = data.clone();
+    thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.write_all(&served).unwrap();
+    });
+    let mut h = Harness::new(stack_config(65520));
+    let s = h.tcp_socket(1 << 20);
+    h.connect(s, gateway(port), 40005);
+    let mut received = Vec::new();
+    h.run_until("download", Duration::from_secs(30), |h| {
+        let sock = h.tcp(s);
+        while sock.can_recv() {
+            sock.recv(|b| {
+                received.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        received.len() == data.len()
+    });
+    assert!(received == data, "payload corrupted at MTU 65520");
+}

@@ -1,0 +1,186 @@
+//! A simulated guest for core tests: a smoltcp interface at 10.0.2.100 whose "TAP" is a pair
+//! of in-memory queues into a real [`Stack`] over real loopback sockets. No root, and nothing
+//! leaves 127.0.0.1.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use slirpnet::config::NetConfig;
+use slirpnet::event_loop::{SystemHost, dispatch_host_events};
+use slirpnet::stack::{Limits, Stack, StackConfig};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+
+pub const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
+
+#[derive(Default)]
+pub struct Wire {
+    /// Frames the stack sent to the guest.
+    pub to_guest: VecDeque<Vec<u8>>,
+    /// Frames the guest sent.
+    pub from_guest: VecDeque<Vec<u8>>,
+    pub mtu: usize,
+}
+
+pub struct Rx(Vec<u8>);
+pub struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl smoltcp::phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl smoltcp::phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0; len];
+        let r = f(&mut buf);
+        self.0.push_back(buf);
+        r
+    }
+}
+
+impl Device for Wire {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+
+    fn receive(&mut self, _: smoltcp::time::Instant) -> Option<(Rx, Tx<'_>)> {
+        let frame = self.to_guest.pop_front()?;
+        Some((Rx(frame), Tx(&mut self.from_guest)))
+    }
+
+    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Tx<'_>> {
+        Some(Tx(&mut self.from_guest))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = self.mtu + 14;
+        caps
+    }
+}
+
+pub struct Harness {
+    pub stack: Stack<SystemHost>,
+    pub iface: Interface,
+    pub sockets: SocketSet<'static>,
+    pub wire: Wire,
+    pub start: Instant,
+}
+
+pub fn stack_config(mtu: usize) -> StackConfig {
+    StackConfig {
+        net: NetConfig::default(),
+        mtu,
+        disable_host_loopback: false,
+        dns_upstream: None,
+        limits: Limits::default(),
+    }
+}
+
+impl Harness {
+    pub fn new(config: StackConfig) -> Self {
+        let mtu = config.mtu;
+        let start = Instant::now();
+        let stack = Stack::new(SystemHost::new(None).unwrap(), config, start);
+        let mut wire = Wire {
+            mtu,
+            ..Wire::default()
+        };
+        let mut iface = Interface::new(
+            Config::new(HardwareAddress::Ethernet(GUEST_MAC)),
+            &mut wire,
+            smoltcp::time::Instant::from_millis(0),
+        );
+        iface.update_ip_addrs(|addrs| {
+            addrs
+                .push(IpCidr::new(IpAddress::v4(10, 0, 2, 100), 24))
+                .unwrap();
+        });
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Address::new(10, 0, 2, 2))
+            .unwrap();
+        Harness {
+            stack,
+            iface,
+            sockets: SocketSet::new(vec![]),
+            wire,
+            start,
+        }
+    }
+
+    fn guest_now(&self) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(self.start.elapsed().as_micros() as i64)
+    }
+
+    /// One round: guest output into the stack, host sockets, timers, stack output to the guest.
+    pub fn step(&mut self) {
+        let now = self.guest_now();
+        self.iface.poll(now, &mut self.wire, &mut self.sockets);
+        let now = Instant::now();
+        while let Some(frame) = self.wire.from_guest.pop_front() {
+            self.stack.handle_frame(now, &frame);
+        }
+        self.stack.flush(now);
+        self.collect();
+        dispatch_host_events(&mut self.stack, 1).unwrap();
+        let now = Instant::now();
+        if self.stack.poll_at().is_some_and(|at| at <= now) {
+            self.stack.poll_timers(now);
+        }
+        self.stack.flush(now);
+        self.collect();
+        let now = self.guest_now();
+        self.iface.poll(now, &mut self.wire, &mut self.sockets);
+    }
+
+    /// Moves the stack's output onto the guest's wire.
+    pub fn collect(&mut self) {
+        for (frame, len) in self.stack.tx.take() {
+            self.wire.to_guest.push_back(frame[..len].to_vec());
+            self.stack.tx.recycle(frame);
+        }
+    }
+
+    /// Steps until `done` or the deadline; panics on timeout with `what`.
+    pub fn run_until(&mut self, what: &str, timeout: Duration, mut done: impl FnMut(&mut Self) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            self.step();
+        }
+    }
+
+    pub fn tcp_socket(&mut self, buffer: usize) -> SocketHandle {
+        let socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; buffer]),
+            tcp::SocketBuffer::new(vec![0; buffer]),
+        );
+        self.sockets.add(socket)
+    }
+
+    pub fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(handle)
+    }
+
+    pub fn connect(&mut self, handle: SocketHandle, remote: SocketAddr, local_port: u16) {
+        let SocketAddr::V4(remote) = remote else { panic!("IPv4 only") };
+        let cx = self.iface.context();
+        self.sockets
+            .get_mut::<tcp::Socket>(handle)
+            .connect(cx, (IpAddress::Ipv4(*remote.ip()), remote.port()), local_port)
+            .unwrap();
+    }
+}
+
+/// Deterministic test data.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 10) as u8).collect()
+}
