@@ -181,7 +181,11 @@ impl Host for SystemHost {
 /// stack with it alone.
 pub fn dispatch_host_events(stack: &mut Stack<SystemHost>, timeout_ms: u16) -> io::Result<usize> {
     let mut events = [EpollEvent::empty(); 64];
-    let ready = match stack.host.epoll.wait(&mut events, EpollTimeout::from(timeout_ms)) {
+    let ready = match stack
+        .host
+        .epoll
+        .wait(&mut events, EpollTimeout::from(timeout_ms))
+    {
         Ok(n) => n,
         Err(Errno::EINTR) => 0,
         Err(e) => return Err(e.into()),

@@ -4,6 +4,6 @@
 pub mod cli;
 pub mod config;
 pub mod event_loop;
+pub mod run;
 pub mod stack;
 pub mod sys;
-pub mod run;

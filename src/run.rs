@@ -108,7 +108,10 @@ mod tests {
     #[test]
     fn first_nameserver_skips_comments_and_takes_the_first() {
         let text = "# generated\nsearch example\nnameserver 127.0.0.53\nnameserver 10.1.1.1\n";
-        assert_eq!(parse_first_nameserver(text), Some("127.0.0.53".parse().unwrap()));
+        assert_eq!(
+            parse_first_nameserver(text),
+            Some("127.0.0.53".parse().unwrap())
+        );
     }
 
     #[test]

@@ -32,7 +32,9 @@ fn download_and_upload_one_mib_through_the_gateway() {
     let mut h = Harness::new(stack_config(1500));
     let s = h.tcp_socket(256 << 10);
     h.connect(s, gateway(port), 40000);
-    h.run_until("established", Duration::from_secs(5), |h| h.tcp(s).state() == State::Established);
+    h.run_until("established", Duration::from_secs(5), |h| {
+        h.tcp(s).state() == State::Established
+    });
 
     let mut received = Vec::new();
     let mut sent = 0;
@@ -55,20 +57,30 @@ fn download_and_upload_one_mib_through_the_gateway() {
         false
     });
     assert_eq!(received, download, "download corrupted");
-    h.run_until("upload done", Duration::from_secs(10), |_| server.is_finished());
+    h.run_until("upload done", Duration::from_secs(10), |_| {
+        server.is_finished()
+    });
     assert_eq!(server.join().unwrap(), upload, "upload corrupted");
     // Both sides closed: nothing may linger in the flow table.
-    h.run_until("flow cleanup", Duration::from_secs(5), |h| h.stack.tcp_flow_count() == 0);
+    h.run_until("flow cleanup", Duration::from_secs(5), |h| {
+        h.stack.tcp_flow_count() == 0
+    });
 }
 
 #[test]
 fn refused_connect_is_reset_at_once() {
     // Bind then drop to get a port nobody listens on.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut h = Harness::new(stack_config(1500));
     let s = h.tcp_socket(4096);
     h.connect(s, gateway(port), 40001);
-    h.run_until("reset", Duration::from_secs(2), |h| h.tcp(s).state() == State::Closed);
+    h.run_until("reset", Duration::from_secs(2), |h| {
+        h.tcp(s).state() == State::Closed
+    });
     assert_eq!(h.stack.counters.tcp_connects_refused, 1);
     assert_eq!(h.stack.tcp_flow_count(), 0);
 }
@@ -88,7 +100,9 @@ fn half_close_from_the_guest_then_reply_from_the_host() {
     let mut h = Harness::new(stack_config(1500));
     let s = h.tcp_socket(4096);
     h.connect(s, gateway(port), 40002);
-    h.run_until("established", Duration::from_secs(5), |h| h.tcp(s).state() == State::Established);
+    h.run_until("established", Duration::from_secs(5), |h| {
+        h.tcp(s).state() == State::Established
+    });
     h.tcp(s).send_slice(b"hello").unwrap();
     h.tcp(s).close();
     let mut reply = Vec::new();
@@ -105,7 +119,9 @@ fn half_close_from_the_guest_then_reply_from_the_host() {
     });
     server.join().unwrap();
     assert_eq!(reply, b"reply to: hello");
-    h.run_until("flow cleanup", Duration::from_secs(5), |h| h.stack.tcp_flow_count() == 0);
+    h.run_until("flow cleanup", Duration::from_secs(5), |h| {
+        h.stack.tcp_flow_count() == 0
+    });
 }
 
 #[test]
@@ -116,16 +132,22 @@ fn host_reset_reaches_the_guest() {
     let server = thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
         wait.recv().unwrap();
-        socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&conn)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
         drop(conn);
     });
     let mut h = Harness::new(stack_config(1500));
     let s = h.tcp_socket(4096);
     h.connect(s, gateway(port), 40003);
-    h.run_until("established", Duration::from_secs(5), |h| h.tcp(s).state() == State::Established);
+    h.run_until("established", Duration::from_secs(5), |h| {
+        h.tcp(s).state() == State::Established
+    });
     go.send(()).unwrap();
     server.join().unwrap();
-    h.run_until("reset", Duration::from_secs(5), |h| h.tcp(s).state() == State::Closed);
+    h.run_until("reset", Duration::from_secs(5), |h| {
+        h.tcp(s).state() == State::Closed
+    });
     assert_eq!(h.stack.tcp_flow_count(), 0);
 }
 
@@ -142,10 +164,17 @@ fn guest_reset_resets_the_host_connection() {
     let mut h = Harness::new(stack_config(1500));
     let s = h.tcp_socket(4096);
     h.connect(s, gateway(port), 40004);
-    h.run_until("established", Duration::from_secs(5), |h| h.tcp(s).state() == State::Established);
+    h.run_until("established", Duration::from_secs(5), |h| {
+        h.tcp(s).state() == State::Established
+    });
     h.tcp(s).abort();
-    h.run_until("host sees reset", Duration::from_secs(5), |_| server.is_finished());
-    assert_eq!(server.join().unwrap(), Err(std::io::ErrorKind::ConnectionReset));
+    h.run_until("host sees reset", Duration::from_secs(5), |_| {
+        server.is_finished()
+    });
+    assert_eq!(
+        server.join().unwrap(),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
     assert_eq!(h.stack.tcp_flow_count(), 0);
 }
 

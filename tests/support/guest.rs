@@ -150,7 +150,12 @@ impl Harness {
     }
 
     /// Steps until `done` or the deadline; panics on timeout with `what`.
-    pub fn run_until(&mut self, what: &str, timeout: Duration, mut done: impl FnMut(&mut Self) -> bool) {
+    pub fn run_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&mut Self) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         while !done(self) {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -171,16 +176,24 @@ impl Harness {
     }
 
     pub fn connect(&mut self, handle: SocketHandle, remote: SocketAddr, local_port: u16) {
-        let SocketAddr::V4(remote) = remote else { panic!("IPv4 only") };
+        let SocketAddr::V4(remote) = remote else {
+            panic!("IPv4 only")
+        };
         let cx = self.iface.context();
         self.sockets
             .get_mut::<tcp::Socket>(handle)
-            .connect(cx, (IpAddress::Ipv4(*remote.ip()), remote.port()), local_port)
+            .connect(
+                cx,
+                (IpAddress::Ipv4(*remote.ip()), remote.port()),
+                local_port,
+            )
             .unwrap();
     }
 }
 
 /// Deterministic test data.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 10) as u8).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 10) as u8)
+        .collect()
 }
