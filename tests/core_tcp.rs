@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use smoltcp::socket::tcp::State;
-use support::guest::{Harness, pattern, stack_config};
+use support::guest::{Harness, Impairment, pattern, stack_config};
 
 fn gateway(port: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, 2, 2], port))
@@ -16,6 +16,19 @@ fn gateway(port: u16) -> SocketAddr {
 
 #[test]
 fn download_and_upload_one_mib_through_the_gateway() {
+    transfer_both_ways(Impairment::default());
+}
+
+#[test]
+fn transfer_survives_a_lossy_reordering_link() {
+    transfer_both_ways(Impairment {
+        drop_one_in: 20,
+        reorder_one_in: 15,
+        seed: 0x1234_5678_9abc_def1,
+    });
+}
+
+fn transfer_both_ways(impairment: Impairment) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let download = pattern(1 << 20, 7);
@@ -30,6 +43,7 @@ fn download_and_upload_one_mib_through_the_gateway() {
     });
 
     let mut h = Harness::new(stack_config(1500));
+    h.impairment = impairment;
     let s = h.tcp_socket(256 << 10);
     h.connect(s, gateway(port), 40000);
     h.run_until("established", Duration::from_secs(5), |h| {
@@ -38,7 +52,7 @@ fn download_and_upload_one_mib_through_the_gateway() {
 
     let mut received = Vec::new();
     let mut sent = 0;
-    h.run_until("transfer", Duration::from_secs(30), |h| {
+    h.run_until("transfer", Duration::from_secs(60), |h| {
         let sock = h.tcp(s);
         while sock.can_recv() {
             sock.recv(|buf| {
@@ -49,6 +63,13 @@ fn download_and_upload_one_mib_through_the_gateway() {
         }
         if sent < upload.len() && sock.can_send() {
             sent += sock.send_slice(&upload[sent..]).unwrap();
+        }
+        if std::env::var_os("TRACE_PROGRESS").is_some() {
+            eprintln!(
+                "sent {sent} received {} state {:?}",
+                received.len(),
+                sock.state()
+            );
         }
         if sent == upload.len() && received.len() == download.len() {
             sock.close();

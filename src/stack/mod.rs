@@ -449,6 +449,12 @@ impl<H: Host> Stack<H> {
         if verdict == Verdict::Keep {
             verdict = flow.poll_send(&mut self.host, now, link, &mut self.tx);
         }
+        if flow.ack_now && verdict == Verdict::Keep {
+            flow.ack_now = false;
+            let header = flow.ack_header();
+            self.tx
+                .push_tcp(link, key.remote.ip(), key.guest.ip(), &header);
+        }
         if flow.ack_due {
             self.acks_due.push(index);
         }

@@ -105,8 +105,11 @@ pub struct TcpFlow<S> {
     rto: Duration,
     retries: u32,
     pub timer: Option<Instant>,
-    /// An ACK (or window update) is owed to the guest.
+    /// An ACK (or window update) is owed to the guest; it may wait for the end of the batch.
     pub ack_due: bool,
+    /// The ACK must go now: a duplicate ACK for out-of-order data (RFC 5681 4.2) is what
+    /// triggers the guest's fast retransmit, and coalescing it would hide the loss.
+    pub ack_now: bool,
 }
 
 fn seq_lt(a: u32, b: u32) -> bool {
@@ -146,6 +149,7 @@ impl<S> TcpFlow<S> {
             retries: 0,
             timer: None,
             ack_due: false,
+            ack_now: false,
         }
     }
 
@@ -312,16 +316,16 @@ impl<S> TcpFlow<S> {
             let skip = expected.wrapping_sub(seg.seq) as usize;
             self.accept(host, &seg.payload[skip..])?;
             self.drain_out_of_order(host)?;
-        } else if seq_lt(expected, seg.seq) && !seg.payload.is_empty() {
-            let ahead = seg.seq.wrapping_sub(expected) as usize;
-            let queued: usize = self.out_of_order.iter().map(|(_, d)| d.len()).sum();
-            if ahead + seg.payload.len() <= RECEIVE_BUFFER - self.pending.len()
-                && queued + seg.payload.len() <= RECEIVE_BUFFER
-                && self.out_of_order.len() < MAX_OUT_OF_ORDER
-                && !self.out_of_order.iter().any(|(s, _)| *s == seg.seq)
-            {
-                self.out_of_order.push((seg.seq, seg.payload.to_vec()));
+            if !self.out_of_order.is_empty() {
+                // A hole was (partly) filled: tell the guest at once.
+                self.ack_now = true;
             }
+        } else if seq_lt(expected, seg.seq) && !seg.payload.is_empty() {
+            self.queue_out_of_order(expected, seg.seq, seg.payload);
+            self.ack_now = true;
+        } else if !seg.payload.is_empty() {
+            // Old duplicate: our ACK was probably lost.
+            self.ack_now = true;
         }
         if seg.fin {
             let expected = self.rcv_acked.wrapping_add(self.pending.len() as u32);
@@ -330,6 +334,44 @@ impl<S> TcpFlow<S> {
             }
         }
         self.forward_fin(host)
+    }
+
+    /// Keeps a segment that arrived ahead of a hole, within the window. Adjacent segments
+    /// are merged into runs so a burst behind one loss costs a few entries, not hundreds.
+    fn queue_out_of_order(&mut self, expected: u32, seq: u32, payload: &[u8]) {
+        let ahead = seq.wrapping_sub(expected) as usize;
+        let queued: usize = self.out_of_order.iter().map(|(_, d)| d.len()).sum();
+        if ahead + payload.len() > RECEIVE_BUFFER - self.pending.len()
+            || queued + payload.len() > RECEIVE_BUFFER
+        {
+            return;
+        }
+        let end = seq.wrapping_add(payload.len() as u32);
+        if let Some((_, run)) = self
+            .out_of_order
+            .iter_mut()
+            .find(|(start, run)| start.wrapping_add(run.len() as u32) == seq)
+        {
+            run.extend_from_slice(payload);
+            return;
+        }
+        if let Some((start, run)) = self
+            .out_of_order
+            .iter_mut()
+            .find(|(start, _)| *start == end)
+        {
+            let mut joined = payload.to_vec();
+            joined.extend_from_slice(run);
+            *start = seq;
+            *run = joined;
+            return;
+        }
+        let duplicate = self.out_of_order.iter().any(|(start, run)| {
+            seq_le(*start, seq) && seq_le(end, start.wrapping_add(run.len() as u32))
+        });
+        if !duplicate && self.out_of_order.len() < MAX_OUT_OF_ORDER {
+            self.out_of_order.push((seq, payload.to_vec()));
+        }
     }
 
     fn drain_out_of_order<H: super::host::Host<Socket = S>>(

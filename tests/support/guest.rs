@@ -66,7 +66,49 @@ impl Device for Wire {
     }
 }
 
+/// Impairments of the simulated link, applied to frames in both directions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Impairment {
+    /// Drop one frame in this many (0: none).
+    pub drop_one_in: u64,
+    /// Swap a frame with the next one in this many (0: none).
+    pub reorder_one_in: u64,
+    pub seed: u64,
+}
+
+impl Impairment {
+    fn roll(&mut self, one_in: u64) -> bool {
+        if one_in == 0 {
+            return false;
+        }
+        // xorshift64
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        self.seed % one_in == 0
+    }
+
+    /// Applies drops and swaps to a batch of frames in flight.
+    pub fn apply(&mut self, frames: &mut VecDeque<Vec<u8>>) {
+        let mut out = VecDeque::with_capacity(frames.len());
+        while let Some(frame) = frames.pop_front() {
+            if self.roll(self.drop_one_in) {
+                continue;
+            }
+            out.push_back(frame);
+        }
+        let n = out.len();
+        for i in 0..n.saturating_sub(1) {
+            if self.roll(self.reorder_one_in) {
+                out.swap(i, i + 1);
+            }
+        }
+        *frames = out;
+    }
+}
+
 pub struct Harness {
+    pub impairment: Impairment,
     pub stack: Stack<SystemHost>,
     pub iface: Interface,
     pub sockets: SocketSet<'static>,
@@ -108,6 +150,7 @@ impl Harness {
             .add_default_ipv4_route(Ipv4Address::new(10, 0, 2, 2))
             .unwrap();
         Harness {
+            impairment: Impairment::default(),
             stack,
             iface,
             sockets: SocketSet::new(vec![]),
@@ -124,7 +167,21 @@ impl Harness {
     pub fn step(&mut self) {
         let now = self.guest_now();
         self.iface.poll(now, &mut self.wire, &mut self.sockets);
+        self.impairment.apply(&mut self.wire.from_guest);
         let now = Instant::now();
+        if std::env::var_os("TRACE_FRAMES").is_some() {
+            for f in &self.wire.from_guest {
+                if f.len() > 54 && f[23] == 6 {
+                    let seq = u32::from_be_bytes([f[38], f[39], f[40], f[41]]);
+                    eprintln!(
+                        "{:?} guest seq {seq} len {} flags {:x}",
+                        self.start.elapsed(),
+                        f.len() - 54,
+                        f[47]
+                    );
+                }
+            }
+        }
         while let Some(frame) = self.wire.from_guest.pop_front() {
             self.stack.handle_frame(now, &frame);
         }
@@ -143,10 +200,28 @@ impl Harness {
 
     /// Moves the stack's output onto the guest's wire.
     pub fn collect(&mut self) {
+        let mut batch = VecDeque::new();
         for (frame, len) in self.stack.tx.take() {
-            self.wire.to_guest.push_back(frame[..len].to_vec());
+            batch.push_back(frame[..len].to_vec());
             self.stack.tx.recycle(frame);
         }
+        self.impairment.apply(&mut batch);
+        if std::env::var_os("TRACE_FRAMES").is_some() {
+            for f in &batch {
+                if f.len() >= 54 && f[23] == 6 {
+                    let seq = u32::from_be_bytes([f[38], f[39], f[40], f[41]]);
+                    let ack = u32::from_be_bytes([f[42], f[43], f[44], f[45]]);
+                    let win = u16::from_be_bytes([f[48], f[49]]);
+                    eprintln!(
+                        "{:?} stack seq {seq} ack {ack} win {win} len {} flags {:x}",
+                        self.start.elapsed(),
+                        f.len() - 54,
+                        f[47]
+                    );
+                }
+            }
+        }
+        self.wire.to_guest.extend(batch);
     }
 
     /// Steps until `done` or the deadline; panics on timeout with `what`.

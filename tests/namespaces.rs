@@ -1,0 +1,623 @@
+//! End-to-end tests of the real binary in network namespaces (root only).
+//!
+//! Every test runs the helper inside an outer network namespace of its own, with a "remote
+//! test host" namespace on 198.18.0.2 and a test resolver on 127.0.0.1:53: see
+//! tests/common/mod.rs and tests/common/lib.sh. Nothing leaves those namespaces.
+//!
+//! `SLIRPNET_TEST_BIN=/usr/bin/slirp4netns cargo test --test namespaces` runs the same suite
+//! against slirp4netns, the reference: slirpnet-only assertions are then skipped (and say so).
+
+mod common;
+
+use common::{ensure_test_user, is_peer, peer_skips, run};
+
+fn has_flag(flags: &str, flag: &str) -> bool {
+    // "flags=<BROADCAST,MULTICAST,UP,LOWER_UP> mtu=1500 mac=..."
+    let inner = flags
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("flags=<"))
+        .and_then(|w| w.strip_suffix('>'))
+        .unwrap_or("");
+    inner.split(',').any(|f| f == flag)
+}
+
+fn field<'a>(info: &'a str, key: &str) -> &'a str {
+    info.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|w| w.strip_prefix('=')))
+        .unwrap_or("")
+}
+
+/// `-c` with defaults: lo up, tap0 up with MTU 1500, 10.0.2.100/24, default route via 10.0.2.2,
+/// all in place by the time the ready byte arrives.
+#[test]
+fn configure_layout_defaults() {
+    let Some(out) = run(
+        "configure_layout_defaults",
+        r#"
+setup_outer
+start_guest root
+start_helper -c "$GUEST" tap0
+result lo "$(link_info lo)"
+result tap "$(link_info tap0)"
+result addr "$(in_guest ip -o -4 addr show dev tap0 | awk '{print $4}' | tr '\n' ' ' | sed 's/ $//')"
+result default "$(in_guest ip -4 route show default)"
+result lo_addr "$(in_guest ip -o -4 addr show dev lo | awk '{print $4}')"
+"#,
+    ) else {
+        return;
+    };
+    out.expect("lo", "lo UP", |v| has_flag(v, "UP"));
+    out.expect_eq("lo_addr", "127.0.0.1/8");
+    out.expect("tap", "tap0 UP", |v| has_flag(v, "UP"));
+    out.expect("tap", "MTU 1500", |v| field(v, "mtu") == "1500");
+    out.expect_eq("addr", "10.0.2.100/24");
+    out.expect("default", "default via 10.0.2.2 dev tap0", |v| {
+        v.starts_with("default via 10.0.2.2 dev tap0")
+    });
+}
+
+/// `--mtu=65520` (what engines pass) and `--macaddress` are applied to the TAP.
+#[test]
+fn configure_layout_mtu_65520_and_mac() {
+    let Some(out) = run(
+        "configure_layout_mtu_65520_and_mac",
+        r#"
+setup_outer
+start_guest root
+start_helper -c --mtu=65520 --macaddress=02:00:5e:10:20:30 "$GUEST" tap0
+result tap "$(link_info tap0)"
+result addr "$(in_guest ip -o -4 addr show dev tap0 | awk '{print $4}')"
+result default "$(in_guest ip -4 route show default)"
+"#,
+    ) else {
+        return;
+    };
+    out.expect("tap", "tap0 UP", |v| has_flag(v, "UP"));
+    out.expect("tap", "MTU 65520", |v| field(v, "mtu") == "65520");
+    out.expect("tap", "MAC 02:00:5e:10:20:30", |v| {
+        field(v, "mac") == "02:00:5e:10:20:30"
+    });
+    out.expect_eq("addr", "10.0.2.100/24");
+    out.expect_contains("default", "default via 10.0.2.2 dev tap0");
+}
+
+/// getopt_long parsing as engines use it: bundled short options with attached values, options
+/// after the positionals (`slirp4netns PID tap0 -cm9000`), and a non-default TAP name.
+#[test]
+fn configure_options_after_positionals() {
+    let Some(out) = run(
+        "configure_options_after_positionals",
+        r#"
+setup_outer
+start_guest root
+start_helper "$GUEST" tapx -cm9000
+result tap "$(link_info tapx)"
+result addr "$(in_guest ip -o -4 addr show dev tapx | awk '{print $4}')"
+"#,
+    ) else {
+        return;
+    };
+    out.expect("tap", "tapx UP", |v| has_flag(v, "UP"));
+    out.expect("tap", "MTU 9000", |v| field(v, "mtu") == "9000");
+    out.expect_eq("addr", "10.0.2.100/24");
+}
+
+/// `-r FD` receives exactly "1" and is closed (the reader sees EOF) while the helper keeps
+/// running.
+#[test]
+fn ready_fd_receives_1() {
+    let Some(out) = run(
+        "ready_fd_receives_1",
+        r#"
+setup_outer
+start_guest root
+start_helper -c "$GUEST" tap0
+result ready "$READY"
+result ready_closed "$READY_CLOSED"
+sleep 0.2
+result alive "$(helper_alive "$HPID")"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("ready", "1");
+    out.expect_eq("ready_closed", "yes");
+    out.expect_eq("alive", "yes");
+}
+
+/// `-e FD`: closing the other end makes the helper exit 0 promptly, leaving no process behind.
+#[test]
+fn exit_fd_hangup_exits_0() {
+    let Some(out) = run(
+        "exit_fd_hangup_exits_0",
+        r#"
+setup_outer
+start_guest root
+mkfifo "$T/exitfifo"
+sleep infinity > "$T/exitfifo" &
+WRITER=$!
+start_helper -c -e 4 "$GUEST" tap0 4<"$T/exitfifo"
+sleep 0.3
+result alive_before "$(helper_alive "$HPID")"
+kill "$WRITER"
+wait_exit "$HPID" 5
+result rc "$RC"
+result elapsed "$ELAPSED"
+sleep 0.1
+result left "$(helper_count)"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("alive_before", "yes");
+    out.expect_eq("rc", "0");
+    out.expect("elapsed", "under 2 s", |_| out.millis("elapsed") < 2000);
+    out.expect_eq("left", "0");
+}
+
+/// SIGTERM ends the helper with status 0.
+#[test]
+fn sigterm_exits_0() {
+    let Some(out) = run(
+        "sigterm_exits_0",
+        r#"
+setup_outer
+start_guest root
+start_helper -c "$GUEST" tap0
+kill -TERM "$HPID"
+wait_exit "$HPID" 5
+result rc "$RC"
+result elapsed "$ELAPSED"
+sleep 0.1
+result left "$(helper_count)"
+"#,
+    ) else {
+        return;
+    };
+    out.expect("elapsed", "under 2 s", |_| out.millis("elapsed") < 2000);
+    out.expect_eq("left", "0");
+    if peer_skips("exit status 0 on SIGTERM (slirp4netns dies by the signal: 143)") {
+        out.expect_eq("rc", "143");
+    } else {
+        out.expect_eq("rc", "0");
+    }
+}
+
+const TCP_BODY: &str = r#"
+setup_outer
+make_payload
+result want "$PAYLOAD_SHA 1048576"
+start_server dl opy tcp-download-server --addr 127.0.0.1 --port 8080 --file "$T/payload"
+start_server ul opy tcp-upload-server --addr 127.0.0.1 --port 8081
+start_server rdl rpy tcp-download-server --addr 198.18.0.2 --port 8080 --file "$T/payload"
+start_server rul rpy tcp-upload-server --addr 198.18.0.2 --port 8081
+start_guest root
+start_helper -c --mtu="$MTU" "$GUEST" tap0
+"#;
+
+/// 1 MiB down and up, intact, between the guest and a server on the host's 127.0.0.1 reached
+/// through the gateway 10.0.2.2.
+#[test]
+fn tcp_host_loopback_download_upload() {
+    let Some(out) = run(
+        "tcp_host_loopback_download_upload",
+        &format!(
+            "MTU=1500\n{TCP_BODY}\n{}",
+            r#"
+result down "$(gpy tcp-get 10.0.2.2 8080 2>&1)"
+result up "$(gpy tcp-put 10.0.2.2 8081 --file "$T/payload" 2>&1)"
+"#
+        ),
+    ) else {
+        return;
+    };
+    let want = out.get("want").to_string();
+    out.expect_eq("down", &want);
+    out.expect_eq("up", &want);
+}
+
+/// 1 MiB down and up, intact, between the guest and the remote test host 198.18.0.2, at the
+/// MTU engines use.
+#[test]
+fn tcp_remote_host_download_upload() {
+    let Some(out) = run(
+        "tcp_remote_host_download_upload",
+        &format!(
+            "MTU=65520\n{TCP_BODY}\n{}",
+            r#"
+result down "$(gpy tcp-get 198.18.0.2 8080 2>&1)"
+result up "$(gpy tcp-put 198.18.0.2 8081 --file "$T/payload" 2>&1)"
+"#
+        ),
+    ) else {
+        return;
+    };
+    let want = out.get("want").to_string();
+    out.expect_eq("down", &want);
+    out.expect_eq("up", &want);
+}
+
+/// UDP echo through the gateway to host 127.0.0.1, and to the remote test host.
+#[test]
+fn udp_echo_host_loopback_and_remote() {
+    let Some(out) = run(
+        "udp_echo_host_loopback_and_remote",
+        r#"
+setup_outer
+start_server ue opy udp-echo-server --addr 127.0.0.1 --port 7777 --log "$T/udp-local.log"
+start_server rue rpy udp-echo-server --addr 198.18.0.2 --port 7777 --log "$T/udp-remote.log"
+start_guest root
+start_helper -c "$GUEST" tap0
+result local "$(gpy udp-echo 10.0.2.2 7777 --message local-hello 2>&1)"
+result remote "$(gpy udp-echo 198.18.0.2 7777 --message remote-hello 2>&1)"
+result local_src "$(cut -d: -f1 "$T/udp-local.log" | sort -u | tr '\n' ' ')"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("local", "echo:local-hello");
+    out.expect_eq("remote", "echo:remote-hello");
+    out.expect_eq("local_src", "127.0.0.1 ");
+}
+
+/// Ping to the gateway is answered.
+#[test]
+fn ping_gateway() {
+    let Some(out) = run(
+        "ping_gateway",
+        r#"
+setup_outer
+start_guest root
+start_helper -c "$GUEST" tap0
+rc=0
+in_guest timeout 10 busybox ping -c 2 -W 2 10.0.2.2 > "$T/ping.out" 2>&1 || rc=$?
+result rc "$rc"
+result stats "$(grep 'packets transmitted' "$T/ping.out" || cat "$T/ping.out")"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("rc", "0");
+    out.expect_contains("stats", "2 packets received");
+}
+
+/// Ping to the remote test host is answered, and the echo request really reached that host
+/// (its ICMP counters moved): the helper relays it through an unprivileged ICMP socket.
+#[test]
+fn ping_remote_host() {
+    let Some(out) = run(
+        "ping_remote_host",
+        r#"
+setup_outer
+start_guest root
+start_helper -c "$GUEST" tap0
+before=$(icmp_in_echos)
+rc=0
+in_guest timeout 10 busybox ping -c 2 -W 2 198.18.0.2 > "$T/ping.out" 2>&1 || rc=$?
+result rc "$rc"
+result stats "$(grep 'packets transmitted' "$T/ping.out" || cat "$T/ping.out")"
+result remote_echos "$(( $(icmp_in_echos) - before ))"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("rc", "0");
+    out.expect_contains("stats", "2 packets received");
+    out.expect("remote_echos", "at least 2", |v| {
+        v.parse::<u64>().is_ok_and(|n| n >= 2)
+    });
+}
+
+/// DNS: 10.0.2.3:53 reaches the resolv.conf nameserver (here a test responder on the host's
+/// 127.0.0.1), over UDP and TCP.
+#[test]
+fn dns_udp_and_tcp_via_resolv_conf() {
+    let Some(out) = run(
+        "dns_udp_and_tcp_via_resolv_conf",
+        r#"
+setup_outer
+start_server dns opy dns-server --addr 127.0.0.1 --port 53 --record test.example=198.18.0.9
+start_guest root
+start_helper -c "$GUEST" tap0
+result udp "$(gpy dns-query 10.0.2.3 test.example 2>&1)"
+result tcp "$(gpy dns-query 10.0.2.3 test.example --tcp 2>&1)"
+result nx "$(gpy dns-query 10.0.2.3 nothere.example 2>&1)"
+result served "$(grep -c 'query from' "$T/dns.log" || true)"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("udp", "198.18.0.9");
+    out.expect_eq("tcp", "198.18.0.9");
+    out.expect_eq("nx", "RCODE3");
+    out.expect("served", "at least 3 queries at the test resolver", |v| {
+        v.parse::<u64>().is_ok_and(|n| n >= 3)
+    });
+}
+
+/// A connect to a closed port behind the gateway is refused, fast.
+#[test]
+fn refused_connect_fails_fast() {
+    let Some(out) = run(
+        "refused_connect_fails_fast",
+        r#"
+setup_outer
+start_guest root
+start_helper -c "$GUEST" tap0
+read -r r secs < <(gpy connect-probe 10.0.2.2 9 --timeout 5)
+result result "$r"
+result secs "$secs"
+read -r r secs < <(gpy connect-probe 198.18.0.2 9 --timeout 5)
+result remote_result "$r"
+result remote_secs "$secs"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("result", "ECONNREFUSED");
+    out.expect("secs", "under 2 s", |_| out.millis("secs") < 2000);
+    out.expect_eq("remote_result", "ECONNREFUSED");
+    out.expect("remote_secs", "under 2 s", |_| {
+        out.millis("remote_secs") < 2000
+    });
+}
+
+/// `--disable-host-loopback`: TCP and UDP to 10.0.2.2 no longer reach host 127.0.0.1 (TCP fails
+/// fast with unreachable/refused), ping to the gateway still answers, other traffic still
+/// flows.
+#[test]
+fn disable_host_loopback() {
+    let Some(out) = run(
+        "disable_host_loopback",
+        r#"
+setup_outer
+make_payload
+result want "$PAYLOAD_SHA 1048576"
+start_server dl opy tcp-download-server --addr 127.0.0.1 --port 8080 --file "$T/payload"
+start_server ue opy udp-echo-server --addr 127.0.0.1 --port 7777 --log "$T/udp-local.log"
+start_server rdl rpy tcp-download-server --addr 198.18.0.2 --port 8080 --file "$T/payload"
+start_guest root
+start_helper -c --disable-host-loopback "$GUEST" tap0
+read -r r secs < <(gpy connect-probe 10.0.2.2 8080 --timeout 5)
+result tcp "$r"
+result tcp_secs "$secs"
+result udp "$(gpy udp-echo 10.0.2.2 7777 --tries 3 --timeout 0.5 2>&1)"
+rc=0
+in_guest timeout 10 busybox ping -c 1 -W 2 10.0.2.2 > "$T/ping.out" 2>&1 || rc=$?
+result ping_rc "$rc"
+result remote "$(gpy tcp-get 198.18.0.2 8080 2>&1)"
+sleep 0.2
+result host_tcp_accepts "$(grep -c accepted "$T/dl.log" || true)"
+result host_udp_datagrams "$(cat "$T/udp-local.log" 2>/dev/null | wc -l)"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_one_of("tcp", &["ENETUNREACH", "EHOSTUNREACH", "ECONNREFUSED"]);
+    out.expect("tcp_secs", "under 2 s", |_| out.millis("tcp_secs") < 2000);
+    out.expect_eq("host_tcp_accepts", "0");
+    out.expect_eq("host_udp_datagrams", "0");
+    out.expect_eq("ping_rc", "0");
+    let want = out.get("want").to_string();
+    out.expect_eq("remote", &want);
+    if !peer_skips("UDP to the gateway reports unreachable (slirp4netns drops it silently)") {
+        out.expect_one_of(
+            "udp",
+            &[
+                "ERROR ENETUNREACH",
+                "ERROR EHOSTUNREACH",
+                "ERROR ECONNREFUSED",
+            ],
+        );
+    }
+}
+
+/// `--netns-type=path` with a network namespace file bind-mounted to a path, and
+/// `--userns-path` for its user namespace (how Podman calls it).
+#[test]
+fn netns_type_path_with_userns_path() {
+    let Some(out) = run(
+        "netns_type_path_with_userns_path",
+        r#"
+setup_outer
+make_payload
+result want "$PAYLOAD_SHA 1048576"
+start_server dl opy tcp-download-server --addr 127.0.0.1 --port 8080 --file "$T/payload"
+start_guest userns
+mkdir -p "$T/netns"
+touch "$T/netns/guest" "$T/netns/guest-user"
+mount --bind "/proc/$GUEST/ns/net" "$T/netns/guest"
+mount --bind "/proc/$GUEST/ns/user" "$T/netns/guest-user"
+start_helper -c --netns-type=path --userns-path="$T/netns/guest-user" "$T/netns/guest" tap0
+result tap "$(link_info tap0)"
+result addr "$(in_guest ip -o -4 addr show dev tap0 | awk '{print $4}')"
+result down "$(gpy tcp-get 10.0.2.2 8080 2>&1)"
+"#,
+    ) else {
+        return;
+    };
+    out.expect("tap", "tap0 UP", |v| has_flag(v, "UP"));
+    out.expect_eq("addr", "10.0.2.100/24");
+    let want = out.get("want").to_string();
+    out.expect_eq("down", &want);
+}
+
+/// Rootless: an unprivileged user owns the guest's user+network namespace and runs the helper
+/// (no capabilities at all), and a TCP download works.
+#[test]
+fn rootless_unprivileged_user_tcp_download() {
+    if !common::require_root("rootless_unprivileged_user_tcp_download") {
+        return;
+    }
+    ensure_test_user();
+    let Some(out) = run(
+        "rootless_unprivileged_user_tcp_download",
+        r#"
+setup_outer
+make_payload
+result want "$PAYLOAD_SHA 1048576"
+result uid "$(id -u "$TEST_USER")"
+start_server dl opy tcp-download-server --addr 127.0.0.1 --port 8080 --file "$T/payload"
+start_guest rootless
+start_helper --as-user -c "$GUEST" tap0
+result helper_uids "$(awk '/^Uid:/ {print $2, $3, $4, $5}' "/proc/$HPID/status")"
+result helper_capeff "$(awk '/^CapEff:/ {print $2}' "/proc/$HPID/status")"
+result addr "$(in_guest ip -o -4 addr show dev tap0 | awk '{print $4}')"
+result down "$(gpy tcp-get 10.0.2.2 8080 2>&1)"
+"#,
+    ) else {
+        return;
+    };
+    let uid = out.get("uid").to_string();
+    out.expect_eq("helper_uids", &format!("{uid} {uid} {uid} {uid}"));
+    out.expect_eq("helper_capeff", "0000000000000000");
+    out.expect_eq("addr", "10.0.2.100/24");
+    let want = out.get("want").to_string();
+    out.expect_eq("down", &want);
+}
+
+/// A PID that does not exist: exit 1, the reason on stderr (one line for slirpnet), nothing
+/// left running.
+#[test]
+fn bad_pid_exits_1() {
+    let Some(out) = run(
+        "bad_pid_exits_1",
+        r#"
+setup_outer
+pid=99999
+[ ! -e /proc/$pid ] || die "pid $pid exists"
+rc=0
+timeout 10 "$H" -c "$pid" tap0 > "$T/bad.out" 2> "$T/bad.err" || rc=$?
+result rc "$rc"
+result stderr_lines "$(wc -l < "$T/bad.err")"
+result stderr "$(tr '\n' '|' < "$T/bad.err")"
+sleep 0.1
+result left "$(helper_count)"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("rc", "1");
+    out.expect_contains("stderr", "99999");
+    out.expect_eq("left", "0");
+    if peer_skips("exactly one stderr line (slirp4netns adds `child failed(1)`)") {
+        out.expect_eq("stderr_lines", "2");
+    } else {
+        out.expect_eq("stderr_lines", "1");
+    }
+}
+
+/// A second helper on a TAP another helper already holds: exit 1; the first keeps working.
+#[test]
+fn tap_busy_exits_1() {
+    let Some(out) = run(
+        "tap_busy_exits_1",
+        r#"
+setup_outer
+start_guest root
+start_helper -c "$GUEST" tap0
+FIRST=$HPID
+rc=0
+timeout 10 "$H" -c "$GUEST" tap0 > "$T/busy.out" 2> "$T/busy.err" || rc=$?
+result rc "$rc"
+result stderr "$(tr '\n' '|' < "$T/busy.err")"
+result first_alive "$(helper_alive "$FIRST")"
+sleep 0.1
+result count "$(helper_count)"
+prc=0
+in_guest timeout 10 busybox ping -c 1 -W 2 10.0.2.2 > /dev/null 2>&1 || prc=$?
+result ping_rc "$prc"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("rc", "1");
+    out.expect("stderr", "a message", |v| !v.is_empty());
+    out.expect_eq("first_alive", "yes");
+    out.expect_eq("count", "1");
+    out.expect_eq("ping_rc", "0");
+}
+
+/// Without `-c` the TAP is created and left alone; a DHCP client in the guest gets 10.0.2.15,
+/// router 10.0.2.2, DNS 10.0.2.3.
+#[test]
+fn dhcp_lease_without_configure() {
+    let Some(out) = run(
+        "dhcp_lease_without_configure",
+        r#"
+setup_outer
+start_guest root
+start_helper "$GUEST" tap0
+result tap_before "$(link_info tap0)"
+result addr_before "$(in_guest ip -o -4 addr show dev tap0 | wc -l)"
+in_guest ip link set lo up
+in_guest ip link set tap0 up
+cat > "$T/udhcpc.sh" <<'EOS'
+#!/bin/sh
+[ "$1" = bound ] && echo "LEASE ip=$ip mask=$mask router=$router dns=$dns lease=$lease"
+exit 0
+EOS
+chmod 0755 "$T/udhcpc.sh"
+lease=$(in_guest timeout 15 busybox udhcpc -i tap0 -f -q -n -t 5 -T 1 -s "$T/udhcpc.sh" 2> "$T/udhcpc.err" | grep '^LEASE' || true)
+result lease "$lease"
+"#,
+    ) else {
+        return;
+    };
+    out.expect("tap_before", "tap0 down", |v| !has_flag(v, "UP"));
+    out.expect_eq("addr_before", "0");
+    out.expect_contains("lease", "ip=10.0.2.15 ");
+    out.expect_contains("lease", "mask=24 ");
+    out.expect_contains("lease", "router=10.0.2.2 ");
+    out.expect_contains("lease", "dns=10.0.2.3 ");
+}
+
+/// A short iperf3 run through the gateway (MTU 65520): the data path holds up under load.
+#[test]
+fn iperf3_smoke() {
+    let Some(out) = run(
+        "iperf3_smoke",
+        r#"
+setup_outer
+command -v iperf3 > /dev/null || die "iperf3 missing"
+iperf3 -s -B 127.0.0.1 -p 5201 -1 > "$T/iperf-server.log" 2>&1 &
+wait_listen 5201
+start_guest root
+start_helper -c --mtu=65520 "$GUEST" tap0
+in_guest timeout 20 iperf3 -c 10.0.2.2 -p 5201 -t 1 -J > "$T/iperf.json" 2> "$T/iperf.err" || true
+result received "$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_received"]["bytes"])' "$T/iperf.json" 2>&1 | tail -1)"
+result mbps "$("$PY" -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"] / 1e6))' "$T/iperf.json" 2>&1 | tail -1)"
+"#,
+    ) else {
+        return;
+    };
+    eprintln!("iperf3_smoke: {} Mbit/s", out.get("mbps"));
+    out.expect("received", "more than 1 MiB", |v| {
+        v.parse::<u64>().is_ok_and(|n| n > 1 << 20)
+    });
+}
+
+/// Run mode (slirpnet only): `slirpnet -- CMD` runs CMD in a fresh namespace with the network
+/// configured, and exits with CMD's status.
+#[test]
+fn run_mode_exit_status_and_network() {
+    if is_peer() {
+        eprintln!("run_mode_exit_status_and_network: skipped: slirp4netns has no run mode");
+        return;
+    }
+    let Some(out) = run(
+        "run_mode_exit_status_and_network",
+        r#"
+setup_outer
+rc=0
+timeout 20 "$H" -- sh -c 'ip addr show tap0; exit 7' > "$T/run.out" 2> "$T/run.err" || rc=$?
+result rc "$rc"
+result addr "$(grep -o 'inet [0-9./]*' "$T/run.out" | tr '\n' ' ')"
+result stderr "$(tr '\n' '|' < "$T/run.err")"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("rc", "7");
+    out.expect_contains("addr", "inet 10.0.2.100/24");
+}
