@@ -772,6 +772,7 @@ impl<H: Host> Stack<H> {
         };
         let offset = frame::udp_payload_offset(flow.key.guest.ip());
         let max_payload = mtu - (offset - frame::ETHERNET_HEADER_LEN);
+        let mut refused = false;
         loop {
             let mut buf = self.tx.buffer(offset + 65536);
             match self
@@ -798,19 +799,43 @@ impl<H: Host> Stack<H> {
                     self.counters.dropped_oversized += 1;
                     self.tx.recycle(buf);
                 }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    // The host got ICMP port unreachable for our datagram: pass it on, so the
+                    // guest's socket sees ECONNREFUSED as on a real network.
+                    self.tx.recycle(buf);
+                    refused = true;
+                }
                 Err(e) => {
                     self.tx.recycle(buf);
                     if e.kind() != io::ErrorKind::WouldBlock {
                         tracing::trace!(error = %e, "udp recv failed");
-                        if e.kind() != io::ErrorKind::ConnectionRefused {
-                            break;
-                        }
-                        continue;
                     }
                     break;
                 }
             }
         }
+        if refused {
+            let key = flow.key;
+            self.udp_port_unreachable(key);
+        }
+    }
+
+    fn udp_port_unreachable(&mut self, key: FlowKey) {
+        let (IpAddr::V4(guest), IpAddr::V4(remote)) = (key.guest.ip(), key.remote.ip()) else {
+            return;
+        };
+        let ip = Ipv4Repr {
+            src_addr: guest,
+            dst_addr: remote,
+            next_header: IpProtocol::Udp,
+            payload_len: 8,
+            hop_limit: 64,
+        };
+        let mut head = [0u8; 8];
+        head[..2].copy_from_slice(&key.guest.port().to_be_bytes());
+        head[2..4].copy_from_slice(&key.remote.port().to_be_bytes());
+        head[4..6].copy_from_slice(&8u16.to_be_bytes());
+        self.unreachable(&ip, &head, Icmpv4DstUnreachable::PortUnreachable);
     }
 
     // ---- ICMP ----
