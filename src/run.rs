@@ -30,7 +30,7 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
             (sys::NetnsRef::Pid(child.pid()), None, Some(child))
         }
     };
-    let configure = config.configure.then(|| sys::LinkConfig {
+    let configure = config.configure.then_some(sys::LinkConfig {
         mtu: config.mtu,
         mac: config.mac,
         address: config.net.guest,

@@ -708,6 +708,16 @@ impl<H: Host> Stack<H> {
                             || ip.dst_addr.is_multicast()
                             || ip.dst_addr == net.broadcast())
                         {
+                            // Linux treats network and host unreachable as soft errors for
+                            // UDP and never tells the socket; "administratively prohibited"
+                            // is a hard error (EHOSTUNREACH), and it is what this is.
+                            let reason = match reason {
+                                Icmpv4DstUnreachable::NetUnreachable
+                                | Icmpv4DstUnreachable::HostUnreachable => {
+                                    Icmpv4DstUnreachable::CommProhibited
+                                }
+                                other => other,
+                            };
                             self.unreachable(ip, l4, reason);
                         }
                         return;
