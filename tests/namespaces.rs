@@ -237,6 +237,75 @@ result up "$(gpy tcp-put 198.18.0.2 8081 --file "$T/payload" 2>&1)"
     out.expect_eq("up", &want);
 }
 
+/// A destination the host cannot reach (no one answers ARP for it on the test host's link)
+/// gives the guest's connect EHOSTUNREACH, as on a real network: ICMP host unreachable.
+#[test]
+fn unreachable_host_fails_the_connect() {
+    let Some(out) = run(
+        "unreachable_host_fails_the_connect",
+        r#"
+setup_outer
+start_guest root
+start_helper -c "$GUEST" tap0
+result tcp "$(gpy connect-probe 198.18.0.77 80 --timeout 15 2>&1 | awk '{print $1}')"
+"#,
+    ) else {
+        return;
+    };
+    if !peer_skips("EHOSTUNREACH for an unreachable host") {
+        out.expect_eq("tcp", "EHOSTUNREACH");
+    }
+}
+
+/// `--outbound-addr` binds host sockets, TCP and UDP (slirp4netns ignores it for UDP), given
+/// as an address or as an interface name.
+#[test]
+fn outbound_addr_binds_tcp_and_udp() {
+    let Some(out) = run(
+        "outbound_addr_binds_tcp_and_udp",
+        r#"
+setup_outer
+ip addr add 198.18.0.3/24 dev veth-out
+# A second link to the test host, to name by interface.
+ip link add veth2-out type veth peer name veth2-rem netns "$REMOTE"
+ip addr add 198.18.2.1/24 dev veth2-out
+ip link set veth2-out up
+in_remote ip addr add 198.18.2.2/24 dev veth2-rem
+in_remote ip link set veth2-rem up
+make_payload
+result want "$PAYLOAD_SHA 1048576"
+start_server up rpy tcp-upload-server --addr 198.18.0.2 --port 8081 --log "$T/tcp-peers.log"
+start_server rue rpy udp-echo-server --addr 198.18.0.2 --port 7777 --log "$T/udp-peers.log"
+start_guest root
+start_helper -c --outbound-addr=198.18.0.3 "$GUEST" tap0
+result up "$(gpy tcp-put 198.18.0.2 8081 --file "$T/payload" 2>&1)"
+result udp "$(gpy udp-echo 198.18.0.2 7777 2>&1)"
+result tcp_src "$(cut -d: -f1 "$T/tcp-peers.log" | sort -u | tr '
+' ' ')"
+result udp_src "$(cut -d: -f1 "$T/udp-peers.log" | sort -u | tr '
+' ' ')"
+kill "$HPID"; wait "$HPID" || true
+start_guest root
+start_helper -c --outbound-addr=veth2-out "$GUEST" tap0
+: > "$T/tcp-peers.log"
+result up2 "$(gpy tcp-put 198.18.0.2 8081 --file "$T/payload" 2>&1)"
+result tcp_src2 "$(cut -d: -f1 "$T/tcp-peers.log" | sort -u | tr '
+' ' ')"
+"#,
+    ) else {
+        return;
+    };
+    let want = out.get("want").to_string();
+    out.expect_eq("up", &want);
+    out.expect_eq("tcp_src", "198.18.0.3 ");
+    out.expect_eq("udp", "echo:hello");
+    if !peer_skips("--outbound-addr for UDP (slirp4netns ignores it)") {
+        out.expect_eq("udp_src", "198.18.0.3 ");
+    }
+    out.expect_eq("up2", &want);
+    out.expect_eq("tcp_src2", "198.18.2.1 ");
+}
+
 /// UDP echo through the gateway to host 127.0.0.1, and to the remote test host.
 #[test]
 fn udp_echo_host_loopback_and_remote() {

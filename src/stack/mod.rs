@@ -620,8 +620,9 @@ impl<H: Host> Stack<H> {
                         let flow = self.tcp.remove(index).expect("flow is live");
                         self.tcp_index.remove(&key);
                         self.connecting -= 1;
+                        let isn = flow.guest_isn();
                         drop(flow.socket);
-                        self.connect_failed_async(key, &e);
+                        self.connect_failed_async(key, isn, &e);
                     } else {
                         tracing::debug!(remote = %key.remote, error = %e, "host connect failed");
                         self.counters.tcp_connects_refused += 1;
@@ -648,7 +649,7 @@ impl<H: Host> Stack<H> {
     }
 
     /// The host connect failed after the SYN was taken: answer the guest's SYN now.
-    fn connect_failed_async(&mut self, key: FlowKey, error: &io::Error) {
+    fn connect_failed_async(&mut self, key: FlowKey, guest_isn: u32, error: &io::Error) {
         let (IpAddr::V4(guest), IpAddr::V4(remote)) = (key.guest.ip(), key.remote.ip()) else {
             return;
         };
@@ -663,6 +664,7 @@ impl<H: Host> Stack<H> {
         let mut head = [0u8; 8];
         head[..2].copy_from_slice(&key.guest.port().to_be_bytes());
         head[2..4].copy_from_slice(&key.remote.port().to_be_bytes());
+        head[4..8].copy_from_slice(&guest_isn.to_be_bytes());
         let reason = match error.raw_os_error() {
             Some(libc::ENETUNREACH) => Icmpv4DstUnreachable::NetUnreachable,
             _ => Icmpv4DstUnreachable::HostUnreachable,

@@ -176,6 +176,12 @@ impl<S> TcpFlow<S> {
         }
     }
 
+    /// The guest's initial sequence number, while the host connect is under way (an ICMP
+    /// error must quote it, or the guest ignores it as out of window).
+    pub fn guest_isn(&self) -> u32 {
+        self.rcv_acked.wrapping_sub(1)
+    }
+
     /// The SYN-ACK, once the host connect succeeded.
     pub fn syn_ack(&self, link_mss: usize) -> TcpHeader {
         TcpHeader {

@@ -55,6 +55,9 @@ def cmd_tcp_upload_server(a):
     """Reads to EOF, answers with the sha256 (hex) and the byte count."""
 
     def handle(c):
+        if a.log:
+            with open(a.log, "a") as f:
+                f.write("%s:%d\n" % c.getpeername())
         try:
             h = hashlib.sha256()
             n = 0
@@ -315,7 +318,7 @@ def main():
         return sp
 
     server("tcp-download-server", cmd_tcp_download_server).add_argument("--file", required=True)
-    server("tcp-upload-server", cmd_tcp_upload_server)
+    server("tcp-upload-server", cmd_tcp_upload_server).add_argument("--log")
     server("udp-echo-server", cmd_udp_echo_server).add_argument("--log")
     server("dns-server", cmd_dns_server).add_argument("--record", action="append", default=[])
 
