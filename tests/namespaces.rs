@@ -690,3 +690,37 @@ result stderr "$(tr '\n' '|' < "$T/run.err")"
     out.expect_eq("rc", "7");
     out.expect_contains("addr", "inet 10.0.2.100/24");
 }
+
+/// The README's first command: run mode as an unprivileged user reaches a service on the
+/// host's loopback through 10.0.2.2.
+#[test]
+fn run_mode_unprivileged_reaches_host_loopback() {
+    if is_peer() {
+        eprintln!(
+            "run_mode_unprivileged_reaches_host_loopback: skipped: slirp4netns has no run mode"
+        );
+        return;
+    }
+    ensure_test_user();
+    let Some(out) = run(
+        "run_mode_unprivileged_reaches_host_loopback",
+        r#"
+setup_outer
+make_payload
+start_server dl opy tcp-download-server --addr 127.0.0.1 --port 8080 --file "$T/payload"
+set_test_user
+rc=0
+timeout 20 "${AS_USER[@]}" "$H" -- sh -c "id -u; $PY $T/tool.py tcp-get 10.0.2.2 8080" > "$T/run.out" 2> "$T/run.err" || rc=$?
+result rc "$rc"
+result uid "$(head -n1 "$T/run.out")"
+result down "$(tail -n1 "$T/run.out")"
+result want "$PAYLOAD_SHA 1048576"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("rc", "0");
+    out.expect_eq("uid", "0");
+    let want = out.get("want").to_string();
+    out.expect_eq("down", &want);
+}
