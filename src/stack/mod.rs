@@ -184,6 +184,8 @@ pub struct Stack<H: Host> {
     ping_index: HashMap<PingKey, usize>,
     /// TCP flows owing the guest an ACK at the end of this batch.
     acks_due: Vec<usize>,
+    /// TCP flows with guest data to send to the host at the end of this batch.
+    flushes_due: Vec<usize>,
     pub tx: Tx,
     pub counters: Counters,
     next_iss: u32,
@@ -216,6 +218,7 @@ impl<H: Host> Stack<H> {
             ping: Slab::new(),
             ping_index: HashMap::new(),
             acks_due: Vec::new(),
+            flushes_due: Vec::new(),
             tx: Tx::default(),
             counters: Counters::default(),
             next_iss: seed.wrapping_mul(2_654_435_761) | 1,
@@ -280,6 +283,22 @@ impl<H: Host> Stack<H> {
 
     /// Call after a batch of frames: sends the ACKs the batch made due (one per flow).
     pub fn flush(&mut self, now: Instant) {
+        let flushes = std::mem::take(&mut self.flushes_due);
+        for &index in &flushes {
+            let Some(flow) = self.tcp.get_mut(index) else {
+                continue;
+            };
+            if !flow.flush_due {
+                continue;
+            }
+            let verdict = flow.on_writable(&mut self.host);
+            if flow.ack_due {
+                self.acks_due.push(index);
+            }
+            self.apply_verdict(index, verdict);
+        }
+        self.flushes_due = flushes;
+        self.flushes_due.clear();
         let due = std::mem::take(&mut self.acks_due);
         for index in &due {
             let link_mss = self.link_mss();
@@ -457,6 +476,9 @@ impl<H: Host> Stack<H> {
         }
         if flow.ack_due {
             self.acks_due.push(index);
+        }
+        if flow.flush_due {
+            self.flushes_due.push(index);
         }
         let timer = flow.timer;
         self.arm(timer);

@@ -12,7 +12,6 @@
 //! scaling), RFC 6298 (retransmission timer). Deliberately not done: SACK, timestamps, urgent
 //! data, simultaneous open.
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -26,6 +25,9 @@ use super::frame::{Link, TcpHeader, Tx, finish_tcp_frame, tcp_payload_offset};
 pub const RECEIVE_BUFFER: usize = 4 << 20;
 /// Window scale we offer: 4 MiB windows need a shift of at least 7.
 pub const WINDOW_SHIFT: u8 = 7;
+/// Guest data is sent to the host socket at the end of each batch of frames, or as soon as
+/// this much has collected.
+const SEND_CHUNK: usize = 256 << 10;
 /// Out-of-order segments kept per flow.
 const MAX_OUT_OF_ORDER: usize = 64;
 const INITIAL_RTO: Duration = Duration::from_millis(200);
@@ -86,7 +88,7 @@ pub struct TcpFlow<S> {
     /// Everything before this the host socket has taken; what we acknowledge.
     rcv_acked: u32,
     /// Bytes from `rcv_acked` on, received in order but not yet taken by the host socket.
-    pending: VecDeque<u8>,
+    pending: Vec<u8>,
     out_of_order: Vec<(u32, Vec<u8>)>,
     /// Sequence number of the guest's FIN once every byte before it arrived.
     guest_fin_seq: Option<u32>,
@@ -107,6 +109,8 @@ pub struct TcpFlow<S> {
     pub timer: Option<Instant>,
     /// An ACK (or window update) is owed to the guest; it may wait for the end of the batch.
     pub ack_due: bool,
+    /// Guest data waits in `pending` for the end of the batch.
+    pub flush_due: bool,
     /// The ACK must go now: a duplicate ACK for out-of-order data (RFC 5681 4.2) is what
     /// triggers the guest's fast retransmit, and coalescing it would hide the loss.
     pub ack_now: bool,
@@ -132,7 +136,7 @@ impl<S> TcpFlow<S> {
             mss: guest_mss.min(link_mss).max(64),
             scaling,
             rcv_acked: syn.seq.wrapping_add(1),
-            pending: VecDeque::new(),
+            pending: Vec::new(),
             out_of_order: Vec::new(),
             guest_fin_seq: None,
             guest_fin_forwarded: false,
@@ -150,6 +154,7 @@ impl<S> TcpFlow<S> {
             timer: None,
             ack_due: false,
             ack_now: false,
+            flush_due: false,
         }
     }
 
@@ -290,7 +295,7 @@ impl<S> TcpFlow<S> {
             && self.snd_una != self.snd_nxt
             && window == self.snd_wnd
         {
-            self.dup_acks += 1;
+            self.dup_acks = self.dup_acks.saturating_add(1);
             if self.dup_acks == 3 {
                 self.rewind(host)?;
             }
@@ -332,6 +337,11 @@ impl<S> TcpFlow<S> {
         } else if !seg.payload.is_empty() {
             // Old duplicate: our ACK was probably lost.
             self.ack_now = true;
+        }
+        if self.ack_now {
+            // The ACK about to go must cover everything in order, or the guest would count
+            // it as a duplicate of an older one.
+            self.send_pending(host)?;
         }
         if seg.fin {
             let expected = self.rcv_acked.wrapping_add(self.pending.len() as u32);
@@ -402,51 +412,51 @@ impl<S> TcpFlow<S> {
         Ok(())
     }
 
-    /// In-order bytes: straight to the host socket, the rest kept.
+    /// In-order bytes: collected, and sent to the host socket once per batch of frames (or
+    /// every [`SEND_CHUNK`] bytes): one large send instead of one per segment.
     fn accept<H: super::host::Host<Socket = S>>(
         &mut self,
         host: &mut H,
         data: &[u8],
     ) -> Result<(), Verdict> {
-        let mut taken = 0;
-        if self.pending.is_empty() {
-            taken = match host.send(&self.socket, data) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(_) => return Err(Verdict::Reset),
-            };
-            self.rcv_acked = self.rcv_acked.wrapping_add(taken as u32);
-        }
         let room = RECEIVE_BUFFER - self.pending.len();
-        let rest = &data[taken..];
         // Past the window we advertised: not acknowledged, the guest sends it again.
-        self.pending.extend(&rest[..rest.len().min(room)]);
+        self.pending
+            .extend_from_slice(&data[..data.len().min(room)]);
+        self.flush_due = true;
+        if self.pending.len() >= SEND_CHUNK {
+            self.send_pending(host)?;
+        }
         Ok(())
     }
 
-    /// The host socket can take more: flush what waits.
-    pub fn on_writable<H: super::host::Host<Socket = S>>(&mut self, host: &mut H) -> Verdict {
-        if self.pending.is_empty() {
-            return Verdict::Keep;
-        }
-        while !self.pending.is_empty() {
-            let (front, _) = self.pending.as_slices();
-            let front_len = front.len();
-            match host.send(&self.socket, front) {
-                Ok(n) => {
-                    self.pending.drain(..n);
-                    self.rcv_acked = self.rcv_acked.wrapping_add(n as u32);
-                    self.ack_due = true;
-                    if n < front_len {
-                        break;
-                    }
-                }
+    /// Sends what waits; acknowledges exactly what the host socket took.
+    fn send_pending<H: super::host::Host<Socket = S>>(
+        &mut self,
+        host: &mut H,
+    ) -> Result<(), Verdict> {
+        let mut sent = 0;
+        while sent < self.pending.len() {
+            match host.send(&self.socket, &self.pending[sent..]) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => return Verdict::Reset,
+                Err(_) => return Err(Verdict::Reset),
             }
         }
-        if self.pending.is_empty() && self.pending.capacity() > 64 << 10 {
-            self.pending.shrink_to(0);
+        if sent > 0 {
+            self.pending.drain(..sent);
+            self.rcv_acked = self.rcv_acked.wrapping_add(sent as u32);
+            self.ack_due = true;
+        }
+        Ok(())
+    }
+
+    /// End of a batch, or the host socket can take more: send what waits.
+    pub fn on_writable<H: super::host::Host<Socket = S>>(&mut self, host: &mut H) -> Verdict {
+        self.flush_due = false;
+        if let Err(verdict) = self.send_pending(host) {
+            return verdict;
         }
         if let Err(verdict) = self.forward_fin(host) {
             return verdict;
