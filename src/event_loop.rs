@@ -310,7 +310,10 @@ impl EventLoop<'_> {
                 Ok(0) => return Err(io::Error::other("TAP device closed")),
                 Ok(n) => self.stack.handle_frame(now, &frame[..n]),
                 Err(Errno::EAGAIN) | Err(Errno::EINTR) => break,
-                Err(e) => return Err(io::Error::other(format!("reading from TAP: {e}"))),
+                Err(Errno::EBADFD) | Err(Errno::ENODEV) | Err(Errno::EIO) => {
+                    return Err(io::Error::other("the TAP device was removed"));
+                }
+                Err(e) => return Err(io::Error::other(format!("reading from the TAP: {e}"))),
             }
             // Keep output moving during long bursts so the guest's ACKs are not delayed
             // behind a whole batch of input.

@@ -250,3 +250,29 @@ fn random_frames_are_dropped_and_counted_and_the_stack_keeps_working() {
     server.join().unwrap();
     assert_eq!(reply, b"echo:ping");
 }
+
+#[test]
+fn udp_flow_limit_drops_new_flows_and_counts_them() {
+    let mut config = stack_config(1500);
+    config.limits.udp_flows = 2;
+    let mut h = Harness::new(config);
+    let servers: Vec<_> = (0..3).map(|_| udp_echo_server()).collect();
+    let s = udp_socket(&mut h, 6000);
+    for (addr, _) in &servers {
+        let to = IpEndpoint::new(IpAddress::v4(10, 0, 2, 2), addr.port());
+        h.sockets.get_mut::<udp::Socket>(s).send_slice(b"x", to).unwrap();
+    }
+    let mut replies = 0;
+    h.run_until("two replies", Duration::from_secs(5), |h| {
+        while h.sockets.get_mut::<udp::Socket>(s).recv().is_ok() {
+            replies += 1;
+        }
+        replies == 2
+    });
+    // A moment more: the third must not arrive.
+    let until = Instant::now() + Duration::from_millis(200);
+    h.run_until("quiet", Duration::from_secs(1), |_| Instant::now() > until);
+    assert!(h.sockets.get_mut::<udp::Socket>(s).recv().is_err());
+    assert_eq!(h.stack.udp_flow_count(), 2);
+    assert_eq!(h.stack.counters.dropped_flow_limit, 1);
+}

@@ -306,6 +306,29 @@ result tcp_src2 "$(cut -d: -f1 "$T/tcp-peers.log" | sort -u | tr '
     out.expect_eq("tcp_src2", "198.18.2.1 ");
 }
 
+/// Deleting the TAP inside the namespace ends slirpnet with one line saying so.
+#[test]
+fn tap_removed_exits_with_a_message() {
+    let Some(out) = run(
+        "tap_removed_exits_with_a_message",
+        r#"
+setup_outer
+start_guest root
+start_helper -c "$GUEST" tap0
+in_guest ip link del tap0
+wait_exit "$HPID" 5
+result rc "$RC"
+result stderr "$(tr '\n' '|' < "$HERR")"
+"#,
+    ) else {
+        return;
+    };
+    if !peer_skips("exit with a message when the TAP is removed") {
+        out.expect_eq("rc", "1");
+        out.expect_eq("stderr", "slirpnet: the TAP device was removed|");
+    }
+}
+
 /// UDP echo through the gateway to host 127.0.0.1, and to the remote test host.
 #[test]
 fn udp_echo_host_loopback_and_remote() {
