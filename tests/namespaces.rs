@@ -400,6 +400,29 @@ result remote_echos "$(( $(icmp_in_echos) - before ))"
     });
 }
 
+/// Where unprivileged ping sockets are not allowed (`ping_group_range` "1 0", the kernel's
+/// default), a helper running as root falls back to a raw socket and ping still works.
+#[test]
+fn ping_remote_host_through_a_raw_socket() {
+    let Some(out) = run(
+        "ping_remote_host_through_a_raw_socket",
+        r#"
+setup_outer
+sysctl -q -w net.ipv4.ping_group_range="1 0"
+start_guest root
+start_helper -c "$GUEST" tap0
+rc=0
+in_guest timeout 10 busybox ping -c 2 -W 2 198.18.0.2 > "$T/ping.out" 2>&1 || rc=$?
+result rc "$rc"
+result stats "$(grep 'packets transmitted' "$T/ping.out" || cat "$T/ping.out")"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("rc", "0");
+    out.expect_contains("stats", "2 packets received");
+}
+
 /// DNS: 10.0.2.3:53 reaches the resolv.conf nameserver (here a test responder on the host's
 /// 127.0.0.1), over UDP and TCP.
 #[test]
