@@ -260,7 +260,10 @@ fn udp_flow_limit_drops_new_flows_and_counts_them() {
     let s = udp_socket(&mut h, 6000);
     for (addr, _) in &servers {
         let to = IpEndpoint::new(IpAddress::v4(10, 0, 2, 2), addr.port());
-        h.sockets.get_mut::<udp::Socket>(s).send_slice(b"x", to).unwrap();
+        h.sockets
+            .get_mut::<udp::Socket>(s)
+            .send_slice(b"x", to)
+            .unwrap();
     }
     let mut replies = 0;
     h.run_until("two replies", Duration::from_secs(5), |h| {

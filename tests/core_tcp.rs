@@ -232,7 +232,9 @@ fn guest_syn_retries_during_a_slow_host_connect_do_no_harm() {
     // A listener whose accept queue is full drops new SYNs, so the host connect takes the
     // kernel's SYN retry (about a second) while the guest retransmits its own SYN.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     socket.listen(0).unwrap();
     let listener: TcpListener = socket.into();
     let port = listener.local_addr().unwrap().port();
@@ -242,16 +244,26 @@ fn guest_syn_retries_during_a_slow_host_connect_do_no_harm() {
     let s = h.tcp_socket(4096);
     h.connect(s, gateway(port), 40006);
     let started = std::time::Instant::now();
-    h.run_until("guest SYN retransmission", Duration::from_secs(3), |h| {
+    h.run_until("guest SYN retransmission", Duration::from_secs(3), |_| {
         started.elapsed() > Duration::from_millis(1200)
     });
-    assert_eq!(h.tcp(s).state(), State::SynSent, "no SYN-ACK before the host connect");
-    assert_eq!(h.stack.tcp_flow_count(), 1, "retransmitted SYNs must not add flows");
+    assert_eq!(
+        h.tcp(s).state(),
+        State::SynSent,
+        "no SYN-ACK before the host connect"
+    );
+    assert_eq!(
+        h.stack.tcp_flow_count(),
+        1,
+        "retransmitted SYNs must not add flows"
+    );
     // Free the queue: the host connect completes, and so does the guest's.
-    let accepted: Vec<_> = (0..3).map_while(|_| {
-        listener.set_nonblocking(true).unwrap();
-        listener.accept().ok()
-    }).collect();
+    let accepted: Vec<_> = (0..3)
+        .map_while(|_| {
+            listener.set_nonblocking(true).unwrap();
+            listener.accept().ok()
+        })
+        .collect();
     assert!(!accepted.is_empty());
     drop(filler);
     let mut conns = accepted;

@@ -329,6 +329,53 @@ result stderr "$(tr '\n' '|' < "$HERR")"
     }
 }
 
+/// The smallest MTU a TAP takes (68: a 28-byte MSS) still carries 1 MiB intact both ways.
+#[test]
+fn tcp_at_the_minimum_mtu() {
+    let Some(out) = run(
+        "tcp_at_the_minimum_mtu",
+        &format!(
+            "MTU=68\n{TCP_BODY}\n{}",
+            r#"
+result mtu "$(link_info tap0)"
+result down "$(gpy tcp-get 10.0.2.2 8080 --timeout 30 2>&1)"
+result up "$(gpy tcp-put 10.0.2.2 8081 --timeout 30 --file "$T/payload" 2>&1)"
+"#
+        ),
+    ) else {
+        return;
+    };
+    out.expect("mtu", "MTU 68", |v| field(v, "mtu") == "68");
+    let want = out.get("want").to_string();
+    out.expect_eq("down", &want);
+    out.expect_eq("up", &want);
+}
+
+/// A 4000-byte datagram at MTU 1500 crosses in fragments both ways: the guest's fragments are
+/// reassembled, and the host's larger reply is fragmented for the guest.
+#[test]
+fn udp_datagrams_larger_than_the_mtu() {
+    let Some(out) = run(
+        "udp_datagrams_larger_than_the_mtu",
+        r#"
+setup_outer
+start_server ue opy udp-echo-server --addr 127.0.0.1 --port 7777 --log "$T/udp-local.log"
+start_guest root
+start_helper -c "$GUEST" tap0
+msg=$(head -c 4000 /dev/zero | tr '\0' 'x')
+reply=$(gpy udp-echo 10.0.2.2 7777 --message "$msg" 2>&1)
+result reply_len "${#reply}"
+result reply_head "${reply:0:8}"
+result host_got "$(awk '{print $2}' "$T/udp-local.log" | sort -u | tr '\n' ' ')"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("host_got", "4000 ");
+    out.expect_eq("reply_len", "4005");
+    out.expect_eq("reply_head", "echo:xxx");
+}
+
 /// UDP echo through the gateway to host 127.0.0.1, and to the remote test host.
 #[test]
 fn udp_echo_host_loopback_and_remote() {

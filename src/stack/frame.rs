@@ -292,3 +292,38 @@ impl Tx {
         std::mem::take(&mut self.frames)
     }
 }
+
+/// Sends an IPv4 datagram whose L4 bytes exceed the guest's MTU as fragments (RFC 791).
+#[allow(clippy::too_many_arguments)]
+pub fn push_ipv4_fragments(
+    tx: &mut Tx,
+    link: Link,
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    protocol: IpProtocol,
+    ident: u16,
+    l4: &[u8],
+    mtu: usize,
+) {
+    // Every fragment but the last carries a multiple of 8 bytes.
+    let chunk = (mtu - IPV4_HEADER_LEN) & !7;
+    if chunk == 0 {
+        return;
+    }
+    let mut offset = 0;
+    while offset < l4.len() {
+        let len = chunk.min(l4.len() - offset);
+        let more = offset + len < l4.len();
+        let mut frame = tx.buffer(ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + len);
+        let start = emit_l2_l3(&mut frame, link, src.into(), dst.into(), protocol, len);
+        frame[start..start + len].copy_from_slice(&l4[offset..offset + len]);
+        let mut packet = Ipv4Packet::new_unchecked(&mut frame[ETHERNET_HEADER_LEN..start + len]);
+        packet.set_ident(ident);
+        packet.set_dont_frag(false);
+        packet.set_more_frags(more);
+        packet.set_frag_offset(offset as u16);
+        packet.fill_checksum();
+        tx.push(frame, start + len);
+        offset += len;
+    }
+}

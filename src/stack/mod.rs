@@ -6,12 +6,13 @@
 //! (through [`host::Host`]). No clock is read here: every input carries `now`. Output frames
 //! collect in [`frame::Tx`] for the event loop to write.
 //!
-//! Deliberately not done (yet): IPv4 fragment reassembly (fragments are dropped and counted),
-//! IPv6 (frames are dropped and counted), ICMP errors from the host relayed to the guest.
+//! Deliberately not done (yet): IPv6 (frames are dropped and counted), fragmenting datagrams
+//! from the host that exceed the guest's MTU (dropped and counted).
 
 pub mod dhcp;
 pub mod frame;
 pub mod host;
+pub mod reassembly;
 pub mod tcp;
 
 use std::collections::HashMap;
@@ -175,6 +176,7 @@ pub struct Stack<H: Host> {
     /// Guest addresses and their MACs, learned from what the guest sends.
     neighbours: HashMap<Ipv4Addr, EthernetAddress>,
     dhcp: dhcp::DhcpServer,
+    reassembly: reassembly::Reassembler,
     tcp: Slab<TcpFlow<H::Socket>>,
     tcp_index: HashMap<FlowKey, usize>,
     connecting: usize,
@@ -189,6 +191,8 @@ pub struct Stack<H: Host> {
     pub tx: Tx,
     pub counters: Counters,
     next_iss: u32,
+    /// Identification for the fragments we send (RFC 6864).
+    next_ip_ident: u16,
     next_sweep: Option<Instant>,
     next_timer: Option<Instant>,
     scratch: Vec<u8>,
@@ -209,6 +213,7 @@ impl<H: Host> Stack<H> {
             dhcp: dhcp::DhcpServer::new(config.net)
                 .with_dns(config.dns_upstream.map(|_| config.net.dns)),
             config,
+            reassembly: reassembly::Reassembler::default(),
             neighbours: HashMap::new(),
             tcp: Slab::new(),
             tcp_index: HashMap::new(),
@@ -222,6 +227,7 @@ impl<H: Host> Stack<H> {
             tx: Tx::default(),
             counters: Counters::default(),
             next_iss: seed.wrapping_mul(2_654_435_761) | 1,
+            next_ip_ident: 0,
             next_sweep: None,
             next_timer: None,
             scratch: vec![0; 65536],
@@ -369,13 +375,17 @@ impl<H: Host> Stack<H> {
             self.counters.dropped_malformed += 1;
             return;
         };
-        if packet.more_frags() || packet.frag_offset() != 0 {
-            self.counters.dropped_fragments += 1;
-            return;
-        }
-        let Ok(ip) = Ipv4Repr::parse(&packet, &ChecksumCapabilities::ignored()) else {
+        if packet.version() != 4 {
             self.counters.dropped_malformed += 1;
             return;
+        }
+        let header_len = usize::from(packet.header_len());
+        let ip = Ipv4Repr {
+            src_addr: packet.src_addr(),
+            dst_addr: packet.dst_addr(),
+            next_header: packet.next_header(),
+            payload_len: usize::from(packet.total_len()) - header_len,
+            hop_limit: packet.hop_limit(),
         };
         let net = self.config.net;
         if net.contains(ip.src_addr) && src_mac.is_unicast() {
@@ -387,11 +397,44 @@ impl<H: Host> Stack<H> {
             self.counters.dropped_unsupported += 1;
             return;
         }
-        let l4 = packet.payload();
+        if !packet.more_frags() && packet.frag_offset() == 0 {
+            self.handle_ipv4_datagram(now, src_mac, &ip, packet.payload());
+            return;
+        }
+        let key = reassembly::FragmentKey {
+            src: ip.src_addr,
+            dst: ip.dst_addr,
+            protocol: ip.next_header,
+            id: packet.ident(),
+        };
+        let offset = usize::from(packet.frag_offset());
+        match self
+            .reassembly
+            .add(now, key, offset, packet.payload(), packet.more_frags())
+        {
+            Ok(Some(datagram)) => {
+                let ip = Ipv4Repr {
+                    payload_len: datagram.len(),
+                    ..ip
+                };
+                self.handle_ipv4_datagram(now, src_mac, &ip, &datagram);
+            }
+            Ok(None) => {}
+            Err(_) => self.counters.dropped_fragments += 1,
+        }
+    }
+
+    fn handle_ipv4_datagram(
+        &mut self,
+        now: Instant,
+        src_mac: EthernetAddress,
+        ip: &Ipv4Repr,
+        l4: &[u8],
+    ) {
         match ip.next_header {
-            IpProtocol::Tcp => self.handle_tcp(now, &ip, l4),
-            IpProtocol::Udp => self.handle_udp(now, src_mac, &ip, l4),
-            IpProtocol::Icmp => self.handle_icmp(now, &ip, l4),
+            IpProtocol::Tcp => self.handle_tcp(now, ip, l4),
+            IpProtocol::Udp => self.handle_udp(now, src_mac, ip, l4),
+            IpProtocol::Icmp => self.handle_icmp(now, ip, l4),
             _ => self.counters.dropped_unsupported += 1,
         }
     }
@@ -828,9 +871,42 @@ impl<H: Host> Stack<H> {
                         frame::finish_udp_frame(&mut buf, link, flow.key.remote, flow.key.guest, n);
                     self.tx.push(buf, len);
                 }
-                Ok(_) => {
-                    // Would need IP fragmentation towards the guest.
-                    self.counters.dropped_oversized += 1;
+                Ok(n) => {
+                    // Larger than the guest's MTU: fragment it, as a router would.
+                    flow.last_active = now;
+                    let (IpAddr::V4(src), IpAddr::V4(dst)) =
+                        (flow.key.remote.ip(), flow.key.guest.ip())
+                    else {
+                        self.counters.dropped_oversized += 1;
+                        self.tx.recycle(buf);
+                        continue;
+                    };
+                    let l4_start = offset - frame::UDP_HEADER_LEN;
+                    let l4 = &mut buf[l4_start..offset + n];
+                    let mut packet = UdpPacket::new_unchecked(&mut *l4);
+                    packet.set_src_port(flow.key.remote.port());
+                    packet.set_dst_port(flow.key.guest.port());
+                    packet.set_len((frame::UDP_HEADER_LEN + n) as u16);
+                    packet.fill_checksum(&src.into(), &dst.into());
+                    let link = Link {
+                        src: self.mac,
+                        dst: self
+                            .neighbours
+                            .get(&dst)
+                            .copied()
+                            .unwrap_or(EthernetAddress::BROADCAST),
+                    };
+                    self.next_ip_ident = self.next_ip_ident.wrapping_add(1);
+                    frame::push_ipv4_fragments(
+                        &mut self.tx,
+                        link,
+                        src,
+                        dst,
+                        IpProtocol::Udp,
+                        self.next_ip_ident,
+                        &buf[l4_start..offset + n],
+                        mtu,
+                    );
                     self.tx.recycle(buf);
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
