@@ -154,6 +154,79 @@ impl Host for SystemHost {
         nix::sys::socket::recv(socket.as_raw_fd(), buf, MsgFlags::empty()).map_err(would_block_or)
     }
 
+    fn tcp_listen(&mut self, addr: SocketAddr, token: Token) -> io::Result<(Socket, SocketAddr)> {
+        let socket = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking().cloexec(),
+            Some(Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.bind(&SockAddr::from(addr))?;
+        // Hundreds of clients may arrive at once: the kernel caps this at somaxconn.
+        socket.listen(4096)?;
+        let bound = local_addr(&socket)?;
+        self.register(&socket, token, EpollFlags::EPOLLIN)?;
+        Ok((socket, bound))
+    }
+
+    fn accept(&mut self, listener: &Socket, token: Token) -> io::Result<(Socket, SocketAddr)> {
+        let (socket, peer) = listener.accept()?;
+        socket.set_nonblocking(true)?;
+        socket.set_cloexec(true)?;
+        socket.set_tcp_nodelay(true)?;
+        sock::set_peek_offset(socket.as_fd(), 0)?;
+        let peer = peer
+            .as_socket()
+            .ok_or_else(|| io::Error::other("accepted a non-IP peer"))?;
+        self.register(
+            &socket,
+            token,
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLRDHUP,
+        )?;
+        Ok((socket, peer))
+    }
+
+    fn udp_bind(&mut self, addr: SocketAddr, token: Token) -> io::Result<(Socket, SocketAddr)> {
+        let socket = Socket::new(
+            Domain::for_address(addr),
+            Type::DGRAM.nonblocking().cloexec(),
+            Some(Protocol::UDP),
+        )?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.bind(&SockAddr::from(addr))?;
+        let bound = local_addr(&socket)?;
+        self.register(&socket, token, EpollFlags::EPOLLIN)?;
+        Ok((socket, bound))
+    }
+
+    fn recv_from(&mut self, socket: &Socket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (n, from) = nix::sys::socket::recvfrom::<nix::sys::socket::SockaddrStorage>(
+            socket.as_raw_fd(),
+            buf,
+        )
+        .map_err(would_block_or)?;
+        let from = from
+            .and_then(|f| {
+                f.as_sockaddr_in()
+                    .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
+                    .or_else(|| {
+                        f.as_sockaddr_in6()
+                            .map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
+                    })
+            })
+            .ok_or_else(|| io::Error::other("datagram without an IP source"))?;
+        Ok((n, from))
+    }
+
+    fn send_to(&mut self, socket: &Socket, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        socket.send_to(buf, &SockAddr::from(to))
+    }
+
     fn ping_connect(&mut self, dst: IpAddr, token: Token) -> io::Result<(Socket, PingKind)> {
         let domain = Domain::for_address(SocketAddr::new(dst, 0));
         let protocol = match dst {
@@ -204,6 +277,13 @@ fn dispatch_host_event(stack: &mut Stack<SystemHost>, now: Instant, event: &Epol
     );
     let writable = flags.intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR);
     stack.handle_host_event(now, Token(event.data()), readable, writable);
+}
+
+fn local_addr(socket: &Socket) -> io::Result<SocketAddr> {
+    socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("bound to a non-IP address"))
 }
 
 /// Why the loop ended.

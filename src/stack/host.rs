@@ -40,6 +40,32 @@ pub trait Host {
     fn udp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<Self::Socket>;
     fn recv(&mut self, socket: &Self::Socket, buf: &mut [u8]) -> io::Result<usize>;
 
+    /// A listening TCP socket for a port forward; returns it with the address it is bound to
+    /// (port 0 picks one).
+    fn tcp_listen(
+        &mut self,
+        addr: SocketAddr,
+        token: Token,
+    ) -> io::Result<(Self::Socket, SocketAddr)>;
+    /// Accepts one connection, registered under `token`, with its peer address.
+    fn accept(
+        &mut self,
+        listener: &Self::Socket,
+        token: Token,
+    ) -> io::Result<(Self::Socket, SocketAddr)>;
+    /// A bound UDP socket for a port forward, with the address it is bound to.
+    fn udp_bind(
+        &mut self,
+        addr: SocketAddr,
+        token: Token,
+    ) -> io::Result<(Self::Socket, SocketAddr)>;
+    fn recv_from(
+        &mut self,
+        socket: &Self::Socket,
+        buf: &mut [u8],
+    ) -> io::Result<(usize, SocketAddr)>;
+    fn send_to(&mut self, socket: &Self::Socket, buf: &[u8], to: SocketAddr) -> io::Result<usize>;
+
     /// A socket for ICMP echo to `dst`.
     fn ping_connect(&mut self, dst: IpAddr, token: Token) -> io::Result<(Self::Socket, PingKind)>;
 }

@@ -10,6 +10,7 @@
 //! from the host that exceed the guest's MTU (dropped and counted).
 
 pub mod dhcp;
+pub mod forward;
 pub mod frame;
 pub mod host;
 pub mod reassembly;
@@ -28,6 +29,7 @@ use smoltcp::wire::{
 };
 
 use crate::config::NetConfig;
+use forward::{Forward, ForwardId, ForwardInfo, ForwardStats, Proto};
 use frame::{Link, Tx};
 use host::{Host, PingKind, Token};
 use tcp::{FlowKey, Segment, TcpFlow, TcpState, Verdict};
@@ -77,6 +79,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const KIND_TCP: u64 = 1 << 32;
 const KIND_UDP: u64 = 2 << 32;
 const KIND_PING: u64 = 3 << 32;
+const KIND_FORWARD: u64 = 4 << 32;
 const INDEX_MASK: u64 = (1 << 32) - 1;
 
 /// Counters a user can read to see what happened (and what was dropped, and why).
@@ -148,9 +151,17 @@ impl<T> Slab<T> {
 
 struct UdpFlow<S> {
     key: FlowKey,
-    socket: S,
+    end: UdpEnd<S>,
     last_active: Instant,
     idle: Duration,
+}
+
+/// Where a UDP flow's datagrams go on the host.
+enum UdpEnd<S> {
+    /// Guest-initiated: a socket of its own, connected to the destination.
+    Own(S),
+    /// A port forward's client: answered through the forward's socket.
+    Forward { id: ForwardId, client: SocketAddr },
 }
 
 /// Guest address, destination, and the guest's echo identifier.
@@ -184,6 +195,9 @@ pub struct Stack<H: Host> {
     udp_index: HashMap<FlowKey, usize>,
     ping: Slab<PingFlow<H::Socket>>,
     ping_index: HashMap<PingKey, usize>,
+    forwards: Slab<Forward<H::Socket>>,
+    forward_by_id: HashMap<ForwardId, usize>,
+    last_forward_id: u64,
     /// TCP flows owing the guest an ACK at the end of this batch.
     acks_due: Vec<usize>,
     /// TCP flows with guest data to send to the host at the end of this batch.
@@ -222,6 +236,9 @@ impl<H: Host> Stack<H> {
             udp_index: HashMap::new(),
             ping: Slab::new(),
             ping_index: HashMap::new(),
+            forwards: Slab::new(),
+            forward_by_id: HashMap::new(),
+            last_forward_id: 0,
             acks_due: Vec::new(),
             flushes_due: Vec::new(),
             tx: Tx::default(),
@@ -243,7 +260,7 @@ impl<H: Host> Stack<H> {
     }
 
     fn link_mss(&self) -> usize {
-        self.config.mtu.saturating_sub(40).max(64)
+        self.config.mtu.saturating_sub(40).max(8)
     }
 
     fn link_to(&self, guest: Ipv4Addr) -> Link {
@@ -639,6 +656,14 @@ impl<H: Host> Stack<H> {
         if flow.state == TcpState::Connecting {
             self.connecting -= 1;
         }
+        if let Some(forward) = flow
+            .forward
+            .and_then(|id| self.forward_by_id.get(&id))
+            .and_then(|&i| self.forwards.get_mut(i))
+        {
+            forward.stats.bytes_to_guest += flow.bytes_to_guest;
+            forward.stats.bytes_to_host += flow.bytes_to_host;
+        }
         match verdict {
             Verdict::Reset => {
                 let header = flow.rst_header();
@@ -810,7 +835,7 @@ impl<H: Host> Stack<H> {
                 };
                 let index = self.udp.insert(UdpFlow {
                     key,
-                    socket,
+                    end: UdpEnd::Own(socket),
                     last_active: now,
                     idle,
                 });
@@ -822,7 +847,21 @@ impl<H: Host> Stack<H> {
         };
         let flow = self.udp.get_mut(index).expect("index maps only live flows");
         flow.last_active = now;
-        if let Err(e) = self.host.send(&flow.socket, payload) {
+        let result = match &flow.end {
+            UdpEnd::Own(socket) => self.host.send(socket, payload),
+            UdpEnd::Forward { id, client } => {
+                let Some(forward) = self
+                    .forward_by_id
+                    .get(id)
+                    .and_then(|&i| self.forwards.get_mut(i))
+                else {
+                    return;
+                };
+                forward.stats.bytes_to_host += payload.len() as u64;
+                self.host.send_to(&forward.socket, payload, *client)
+            }
+        };
+        if let Err(e) = result {
             tracing::trace!(error = %e, "udp send failed");
         }
     }
@@ -843,77 +882,27 @@ impl<H: Host> Stack<H> {
     }
 
     fn handle_udp_event(&mut self, now: Instant, index: usize) {
-        let mtu = self.config.mtu;
-        let Some(flow) = self.udp.get_mut(index) else {
-            return;
-        };
-        let offset = frame::udp_payload_offset(flow.key.guest.ip());
-        let max_payload = mtu - (offset - frame::ETHERNET_HEADER_LEN);
-        let mut refused = false;
+        let mut refused = None;
         loop {
+            let Some(flow) = self.udp.get_mut(index) else {
+                return;
+            };
+            let UdpEnd::Own(socket) = &flow.end else {
+                return;
+            };
+            let key = flow.key;
+            let offset = frame::udp_payload_offset(key.guest.ip());
             let mut buf = self.tx.buffer(offset + 65536);
-            match self
-                .host
-                .recv(&flow.socket, &mut buf[offset..offset + 65536])
-            {
-                Ok(n) if n <= max_payload => {
-                    flow.last_active = now;
-                    let guest = ipv4_of(flow.key.guest.ip());
-                    let link = Link {
-                        src: self.mac,
-                        dst: self
-                            .neighbours
-                            .get(&guest)
-                            .copied()
-                            .unwrap_or(EthernetAddress::BROADCAST),
-                    };
-                    let len =
-                        frame::finish_udp_frame(&mut buf, link, flow.key.remote, flow.key.guest, n);
-                    self.tx.push(buf, len);
-                }
+            match self.host.recv(socket, &mut buf[offset..offset + 65536]) {
                 Ok(n) => {
-                    // Larger than the guest's MTU: fragment it, as a router would.
                     flow.last_active = now;
-                    let (IpAddr::V4(src), IpAddr::V4(dst)) =
-                        (flow.key.remote.ip(), flow.key.guest.ip())
-                    else {
-                        self.counters.dropped_oversized += 1;
-                        self.tx.recycle(buf);
-                        continue;
-                    };
-                    let l4_start = offset - frame::UDP_HEADER_LEN;
-                    let l4 = &mut buf[l4_start..offset + n];
-                    let mut packet = UdpPacket::new_unchecked(&mut *l4);
-                    packet.set_src_port(flow.key.remote.port());
-                    packet.set_dst_port(flow.key.guest.port());
-                    packet.set_len((frame::UDP_HEADER_LEN + n) as u16);
-                    packet.fill_checksum(&src.into(), &dst.into());
-                    let link = Link {
-                        src: self.mac,
-                        dst: self
-                            .neighbours
-                            .get(&dst)
-                            .copied()
-                            .unwrap_or(EthernetAddress::BROADCAST),
-                    };
-                    self.next_ip_ident = self.next_ip_ident.wrapping_add(1);
-                    frame::push_ipv4_fragments(
-                        &mut self.tx,
-                        link,
-                        src,
-                        dst,
-                        IpProtocol::Udp,
-                        self.next_ip_ident,
-                        &buf[l4_start..offset + n],
-                        mtu,
-                    );
-                    self.tx.recycle(buf);
+                    self.udp_to_guest(buf, n, key.remote, key.guest);
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     // The host got ICMP port unreachable for our datagram: pass it on, so the
                     // guest's socket sees ECONNREFUSED as on a real network.
                     self.tx.recycle(buf);
-                    refused = true;
+                    refused = Some(key);
                 }
                 Err(e) => {
                     self.tx.recycle(buf);
@@ -924,10 +913,46 @@ impl<H: Host> Stack<H> {
                 }
             }
         }
-        if refused {
-            let key = flow.key;
+        if let Some(key) = refused {
             self.udp_port_unreachable(key);
         }
+    }
+
+    /// Sends a datagram whose `n` payload bytes sit at the UDP payload offset of `buf` to the
+    /// guest, in fragments if it exceeds the guest's MTU (as a router would).
+    fn udp_to_guest(&mut self, mut buf: Vec<u8>, n: usize, src: SocketAddr, dst: SocketAddr) {
+        let offset = frame::udp_payload_offset(dst.ip());
+        let max_payload = self.config.mtu - (offset - frame::ETHERNET_HEADER_LEN);
+        let guest = ipv4_of(dst.ip());
+        let link = self.link_to(guest);
+        if n <= max_payload {
+            let len = frame::finish_udp_frame(&mut buf, link, src, dst, n);
+            self.tx.push(buf, len);
+            return;
+        }
+        let (IpAddr::V4(src_ip), IpAddr::V4(dst_ip)) = (src.ip(), dst.ip()) else {
+            self.counters.dropped_oversized += 1;
+            self.tx.recycle(buf);
+            return;
+        };
+        let l4_start = offset - frame::UDP_HEADER_LEN;
+        let mut packet = UdpPacket::new_unchecked(&mut buf[l4_start..offset + n]);
+        packet.set_src_port(src.port());
+        packet.set_dst_port(dst.port());
+        packet.set_len((frame::UDP_HEADER_LEN + n) as u16);
+        packet.fill_checksum(&src_ip.into(), &dst_ip.into());
+        self.next_ip_ident = self.next_ip_ident.wrapping_add(1);
+        frame::push_ipv4_fragments(
+            &mut self.tx,
+            link,
+            src_ip,
+            dst_ip,
+            IpProtocol::Udp,
+            self.next_ip_ident,
+            &buf[l4_start..offset + n],
+            self.config.mtu,
+        );
+        self.tx.recycle(buf);
     }
 
     fn udp_port_unreachable(&mut self, key: FlowKey) {
@@ -946,6 +971,256 @@ impl<H: Host> Stack<H> {
         head[2..4].copy_from_slice(&key.remote.port().to_be_bytes());
         head[4..6].copy_from_slice(&8u16.to_be_bytes());
         self.unreachable(&ip, &head, Icmpv4DstUnreachable::PortUnreachable);
+    }
+
+    // ---- Port forwards ----
+
+    /// Starts forwarding `host` (port 0: any free port) to `guest`. Ids start at 1 and are
+    /// never reused; a bind failure uses no id.
+    pub fn add_forward(
+        &mut self,
+        proto: Proto,
+        host: SocketAddr,
+        guest: SocketAddr,
+    ) -> io::Result<ForwardInfo> {
+        let token = Token(KIND_FORWARD | self.forwards.vacant_index() as u64);
+        let (socket, bound) = match proto {
+            Proto::Tcp => self.host.tcp_listen(host, token)?,
+            Proto::Udp => self.host.udp_bind(host, token)?,
+        };
+        self.last_forward_id += 1;
+        let info = ForwardInfo {
+            id: ForwardId(self.last_forward_id),
+            proto,
+            host: bound,
+            guest,
+        };
+        let index = self.forwards.insert(Forward {
+            info,
+            socket,
+            stats: ForwardStats::default(),
+        });
+        self.forward_by_id.insert(info.id, index);
+        tracing::debug!(id = info.id.0, host = %bound, %guest, "forward added");
+        Ok(info)
+    }
+
+    /// Stops a forward: its listener closes at once; established TCP connections carry on.
+    pub fn remove_forward(&mut self, id: ForwardId) -> bool {
+        let Some(index) = self.forward_by_id.remove(&id) else {
+            return false;
+        };
+        self.forwards.remove(index);
+        // UDP clients of the forward were answered through its socket, now gone.
+        for index in 0..self.udp.entries.len() {
+            let belongs = self.udp.entries[index].as_ref().is_some_and(
+                |flow| matches!(flow.end, UdpEnd::Forward { id: fid, .. } if fid == id),
+            );
+            if belongs {
+                let flow = self.udp.remove(index).expect("checked live");
+                self.udp_index.remove(&flow.key);
+            }
+        }
+        true
+    }
+
+    /// The forwards, in the order they were added.
+    pub fn forwards(&self) -> Vec<ForwardInfo> {
+        let mut list: Vec<ForwardInfo> = self
+            .forwards
+            .entries
+            .iter()
+            .flatten()
+            .map(|f| f.info)
+            .collect();
+        list.sort_by_key(|info| info.id);
+        list
+    }
+
+    /// Each forward with its counters, live connections included.
+    pub fn forward_stats(&self) -> Vec<(ForwardInfo, ForwardStats)> {
+        let mut list: Vec<(ForwardInfo, ForwardStats)> = self
+            .forwards
+            .entries
+            .iter()
+            .flatten()
+            .map(|f| {
+                let mut stats = f.stats;
+                for flow in self.tcp.entries.iter().flatten() {
+                    if flow.forward == Some(f.info.id) {
+                        stats.bytes_to_guest += flow.bytes_to_guest;
+                        stats.bytes_to_host += flow.bytes_to_host;
+                    }
+                }
+                stats.connections_active = match f.info.proto {
+                    Proto::Tcp => self
+                        .tcp
+                        .entries
+                        .iter()
+                        .flatten()
+                        .filter(|flow| flow.forward == Some(f.info.id))
+                        .count() as u64,
+                    Proto::Udp => self
+                        .udp
+                        .entries
+                        .iter()
+                        .flatten()
+                        .filter(|flow| {
+                            matches!(flow.end, UdpEnd::Forward { id, .. } if id == f.info.id)
+                        })
+                        .count() as u64,
+                };
+                (f.info, stats)
+            })
+            .collect();
+        list.sort_by_key(|(info, _)| info.id);
+        list
+    }
+
+    fn handle_forward_event(&mut self, now: Instant, index: usize) {
+        let Some(forward) = self.forwards.get_mut(index) else {
+            return;
+        };
+        match forward.info.proto {
+            Proto::Tcp => self.accept_forwarded(now, index),
+            Proto::Udp => self.receive_forwarded(now, index),
+        }
+    }
+
+    fn accept_forwarded(&mut self, now: Instant, index: usize) {
+        let gateway = IpAddr::V4(self.config.net.gateway);
+        let link_mss = self.link_mss();
+        loop {
+            let token = Token(KIND_TCP | self.tcp.vacant_index() as u64);
+            let Some(forward) = self.forwards.get_mut(index) else {
+                return;
+            };
+            let (socket, peer) = match self.host.accept(&forward.socket, token) {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a forwarded connection failed");
+                    return;
+                }
+            };
+            let info = forward.info;
+            if self.tcp.len >= self.config.limits.tcp_flows {
+                self.counters.dropped_flow_limit += 1;
+                self.host.abort(socket);
+                continue;
+            }
+            forward.stats.connections_total += 1;
+            let mut remote = forward::guest_visible_source(peer, gateway);
+            if remote.is_ipv4() != info.guest.is_ipv4() {
+                remote = SocketAddr::new(gateway, peer.port());
+            }
+            let mut key = FlowKey {
+                guest: info.guest,
+                remote,
+            };
+            // Two loopback clients on different 127.x addresses may share a port.
+            while self.tcp_index.contains_key(&key) {
+                key.remote
+                    .set_port(key.remote.port().wrapping_add(1).max(1024));
+            }
+            let iss = self.next_iss;
+            self.next_iss = self.next_iss.wrapping_add(0x0101_0101).rotate_left(7);
+            let mut flow = TcpFlow::new_outbound(key, socket, iss, link_mss, now);
+            flow.forward = Some(info.id);
+            let index = self.tcp.insert(flow);
+            self.tcp_index.insert(key, index);
+            self.counters.tcp_flows_opened += 1;
+            self.arm(Some(now));
+            let guest = ipv4_of(info.guest.ip());
+            if !self.neighbours.contains_key(&guest) {
+                self.request_mac(guest);
+            }
+        }
+    }
+
+    fn receive_forwarded(&mut self, now: Instant, index: usize) {
+        let gateway = IpAddr::V4(self.config.net.gateway);
+        loop {
+            let Some(forward) = self.forwards.get_mut(index) else {
+                return;
+            };
+            let info = forward.info;
+            let offset = frame::udp_payload_offset(info.guest.ip());
+            let mut buf = self.tx.buffer(offset + 65536);
+            let (n, client) = match self
+                .host
+                .recv_from(&forward.socket, &mut buf[offset..offset + 65536])
+            {
+                Ok(received) => received,
+                Err(e) => {
+                    self.tx.recycle(buf);
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::debug!(error = %e, "forwarded udp recv failed");
+                    }
+                    return;
+                }
+            };
+            forward.stats.bytes_to_guest += n as u64;
+            let mut remote = forward::guest_visible_source(client, gateway);
+            if remote.is_ipv4() != info.guest.is_ipv4() {
+                remote = SocketAddr::new(gateway, client.port());
+            }
+            let key = FlowKey {
+                guest: info.guest,
+                remote,
+            };
+            match self.udp_index.get(&key) {
+                Some(&flow_index) => {
+                    if let Some(flow) = self.udp.get_mut(flow_index) {
+                        flow.last_active = now;
+                    }
+                }
+                None => {
+                    if self.udp.len >= self.config.limits.udp_flows {
+                        self.counters.dropped_flow_limit += 1;
+                        self.tx.recycle(buf);
+                        continue;
+                    }
+                    forward.stats.connections_total += 1;
+                    let flow_index = self.udp.insert(UdpFlow {
+                        key,
+                        end: UdpEnd::Forward {
+                            id: info.id,
+                            client,
+                        },
+                        last_active: now,
+                        idle: UDP_IDLE,
+                    });
+                    self.udp_index.insert(key, flow_index);
+                    self.counters.udp_flows_opened += 1;
+                    self.next_sweep.get_or_insert(now + SWEEP_INTERVAL);
+                }
+            }
+            let guest = ipv4_of(info.guest.ip());
+            if !self.neighbours.contains_key(&guest) {
+                self.request_mac(guest);
+            }
+            self.udp_to_guest(buf, n, remote, info.guest);
+        }
+    }
+
+    /// ARP request for a guest address we must send to before it spoke (forwards).
+    fn request_mac(&mut self, ip: Ipv4Addr) {
+        let request = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: self.mac,
+            source_protocol_addr: self.config.net.gateway,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: ip,
+        };
+        let len = 14 + request.buffer_len();
+        let mut frame = self.tx.buffer(len);
+        let mut eth = EthernetFrame::new_unchecked(&mut frame[..len]);
+        eth.set_src_addr(self.mac);
+        eth.set_dst_addr(EthernetAddress::BROADCAST);
+        eth.set_ethertype(EthernetProtocol::Arp);
+        request.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
+        self.tx.push(frame, len);
     }
 
     // ---- ICMP ----
@@ -1102,6 +1377,7 @@ impl<H: Host> Stack<H> {
             KIND_TCP => self.handle_tcp_event(now, index, readable, writable),
             KIND_UDP => self.handle_udp_event(now, index),
             KIND_PING => self.handle_ping_event(now, index),
+            KIND_FORWARD => self.handle_forward_event(now, index),
             _ => {}
         }
     }
@@ -1111,6 +1387,7 @@ impl<H: Host> Stack<H> {
         if self.next_timer.is_some_and(|t| t <= now) {
             self.next_timer = None;
             let link_mss = self.link_mss();
+            let mut arp_for = Vec::new();
             for index in 0..self.tcp.entries.len() {
                 let Some(flow) = self.tcp.entries[index].as_mut() else {
                     continue;
@@ -1131,10 +1408,19 @@ impl<H: Host> Stack<H> {
                         .copied()
                         .unwrap_or(EthernetAddress::BROADCAST),
                 };
+                if flow.state == TcpState::SynSent && link.dst == EthernetAddress::BROADCAST {
+                    arp_for.push(ipv4_of(flow.key.guest.ip()));
+                }
                 let verdict = flow.on_timer(&mut self.host, now, link, link_mss, &mut self.tx);
                 let timer = flow.timer;
                 self.arm(timer);
                 self.apply_verdict(index, verdict);
+            }
+            arp_for.dedup();
+            for ip in arp_for {
+                if !self.neighbours.contains_key(&ip) {
+                    self.request_mac(ip);
+                }
             }
         }
         if self.next_sweep.is_some_and(|t| t <= now) {

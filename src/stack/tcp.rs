@@ -46,6 +46,8 @@ pub struct FlowKey {
 pub enum TcpState {
     /// Guest SYN received; host connect in progress.
     Connecting,
+    /// A forwarded host connection: our SYN went to the guest, waiting for its SYN-ACK.
+    SynSent,
     /// Host connected; SYN-ACK sent, waiting for the guest's ACK.
     SynAckSent,
     Established,
@@ -111,6 +113,12 @@ pub struct TcpFlow<S> {
     pub ack_due: bool,
     /// Guest data waits in `pending` for the end of the batch.
     pub flush_due: bool,
+    /// The port forward this connection came through, if any.
+    pub forward: Option<super::forward::ForwardId>,
+    /// Bytes the host socket took from the guest.
+    pub bytes_to_host: u64,
+    /// Bytes the guest acknowledged.
+    pub bytes_to_guest: u64,
     /// The ACK must go now: a duplicate ACK for out-of-order data (RFC 5681 4.2) is what
     /// triggers the guest's fast retransmit, and coalescing it would hide the loss.
     pub ack_now: bool,
@@ -133,7 +141,7 @@ impl<S> TcpFlow<S> {
             key,
             socket,
             state: TcpState::Connecting,
-            mss: guest_mss.min(link_mss).max(64),
+            mss: guest_mss.min(link_mss).max(8),
             scaling,
             rcv_acked: syn.seq.wrapping_add(1),
             pending: Vec::new(),
@@ -155,7 +163,62 @@ impl<S> TcpFlow<S> {
             ack_due: false,
             ack_now: false,
             flush_due: false,
+            forward: None,
+            bytes_to_host: 0,
+            bytes_to_guest: 0,
         }
+    }
+
+    /// A flow for a host connection accepted on a port forward: we open the connection to the
+    /// guest. The SYN goes out with [`TcpFlow::syn`] and is retried by the timer.
+    pub fn new_outbound(key: FlowKey, socket: S, iss: u32, link_mss: usize, now: Instant) -> Self {
+        let syn = Segment {
+            seq: 0,
+            ack: None,
+            syn: true,
+            fin: false,
+            rst: false,
+            window: 0,
+            max_seg_size: Some(link_mss.min(0xffff) as u16),
+            window_scale: Some(WINDOW_SHIFT),
+            payload: &[],
+        };
+        let mut flow = TcpFlow::new(key, socket, &syn, iss, link_mss);
+        flow.state = TcpState::SynSent;
+        flow.snd_nxt = iss.wrapping_add(1);
+        flow.timer = Some(now);
+        flow
+    }
+
+    /// Our SYN to the guest (forwarded connections).
+    pub fn syn(&self, link_mss: usize) -> TcpHeader {
+        TcpHeader {
+            ack: None,
+            ..self.syn_ack(link_mss)
+        }
+    }
+
+    /// The guest's SYN-ACK to our SYN: learn its sequence numbers and options.
+    fn on_syn_ack(&mut self, seg: &Segment, link_mss: usize) {
+        self.state = TcpState::Established;
+        self.rcv_acked = seg.seq.wrapping_add(1);
+        self.snd_una = self.iss.wrapping_add(1);
+        self.snd_nxt = self.snd_una;
+        self.scaling = seg.window_scale.is_some();
+        self.snd_shift = if self.scaling {
+            seg.window_scale.unwrap_or(0).min(14)
+        } else {
+            0
+        };
+        // RFC 7323: the window in a SYN is never scaled.
+        self.snd_wnd = u32::from(seg.window);
+        self.mss = usize::from(seg.max_seg_size.unwrap_or(536))
+            .min(link_mss)
+            .max(8);
+        self.timer = None;
+        self.retries = 0;
+        self.rto = INITIAL_RTO;
+        self.ack_now = true;
     }
 
     /// The window we advertise, scaled for the header.
@@ -232,6 +295,12 @@ impl<S> TcpFlow<S> {
         if seg.rst {
             return Verdict::Abort;
         }
+        if self.state == TcpState::SynSent {
+            if seg.syn && seg.ack == Some(self.iss.wrapping_add(1)) {
+                self.on_syn_ack(seg, self.mss);
+            }
+            return Verdict::Keep;
+        }
         if seg.syn {
             // A retransmitted SYN: the SYN-ACK is resent by the caller when we are past
             // connecting; otherwise the host connect is still under way.
@@ -280,6 +349,7 @@ impl<S> TcpFlow<S> {
                 self.fin_acked = true;
                 acked -= 1;
             }
+            self.bytes_to_guest += acked as u64;
             if acked > 0 {
                 host.discard(&self.socket, acked)
                     .map_err(|_| Verdict::Reset)?;
@@ -445,6 +515,7 @@ impl<S> TcpFlow<S> {
             }
         }
         if sent > 0 {
+            self.bytes_to_host += sent as u64;
             self.pending.drain(..sent);
             self.rcv_acked = self.rcv_acked.wrapping_add(sent as u32);
             self.ack_due = true;
@@ -558,6 +629,28 @@ impl<S> TcpFlow<S> {
         self.timer = None;
         match self.state {
             TcpState::Connecting => Verdict::Keep,
+            TcpState::SynSent => {
+                if link.dst == smoltcp::wire::EthernetAddress::BROADCAST {
+                    // The guest's MAC is not known yet: the caller asks for it with ARP;
+                    // look again soon rather than after a whole RTO, for about 3 s.
+                    self.retries += 1;
+                    if self.retries > 150 {
+                        return Verdict::Abort;
+                    }
+                    self.timer = Some(now + Duration::from_millis(20));
+                    return Verdict::Keep;
+                }
+                if self.retries >= 150 + MAX_RETRIES / 2 {
+                    // The guest never answered: the host client gets a reset.
+                    return Verdict::Abort;
+                }
+                self.retries = self.retries.max(150) + 1;
+                self.timer = Some(now + self.rto);
+                self.rto = (self.rto * 2).min(MAX_RTO);
+                let header = self.syn(link_mss);
+                tx.push_tcp(link, self.key.remote.ip(), self.key.guest.ip(), &header);
+                Verdict::Keep
+            }
             TcpState::SynAckSent => {
                 if self.retries >= MAX_RETRIES / 2 {
                     return Verdict::Reset;
