@@ -155,7 +155,7 @@ fn many_concurrent_connections_through_one_forward() {
             })
         })
         .collect();
-    let mut greeted = vec![false; CLIENTS];
+    let mut greeted = [false; CLIENTS];
     h.run_until("all clients greeted", Duration::from_secs(60), |h| {
         for (i, &s) in listeners.iter().enumerate() {
             let sock = h.tcp(s);
