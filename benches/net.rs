@@ -1,0 +1,327 @@
+//! Network benchmark suite: slirpnet against slirp4netns and pasta, side by side, with iperf3.
+//!
+//! Run as root: `cargo bench --bench net -- [OPTIONS]` (`--help`); cargo builds slirpnet for
+//! it (`CARGO_BIN_EXE_slirpnet`, bench profile).
+//!
+//! Network safety: the suite re-executes itself under
+//! `unshare --net --mount --pid --fork --kill-child --mount-proc`, and measures only there:
+//! in a network namespace of its own that holds `lo` and a veth to a dead-end "sink"
+//! namespace. Every helper, server and client runs in that namespace or in per-run namespaces
+//! inside it; nothing targets any address but loopback and the suite's own namespaces. When the
+//! suite ends (or is killed), the kernel kills everything it started.
+
+#[path = "net/cli.rs"]
+mod cli;
+#[path = "net/env.rs"]
+mod env;
+#[path = "net/measure.rs"]
+mod measure;
+#[path = "net/model.rs"]
+mod model;
+#[path = "net/report.rs"]
+mod report;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use model::{HelperKind, Run, Status};
+
+/// iperf3 server on host loopback (namespace → host modes).
+pub const HOST_PORT: u16 = 5201;
+/// iperf3 server in the namespace, reached through a forward of 127.0.0.1:FWD_PORT.
+pub const FWD_PORT: u16 = 5301;
+/// The latency server on host loopback.
+pub const LATENCY_PORT: u16 = 5401;
+
+const INNER_ENV: &str = "SLIRPNET_BENCH_INNER";
+const SCRATCH_ENV: &str = "SLIRPNET_BENCH_SCRATCH";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("__latency") {
+        return measure::latency_client_main(&args[1..]);
+    }
+    let opts = match cli::parse(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("net bench: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    if opts.help {
+        print!("{}", cli::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let inner = std::env::var_os(INNER_ENV).is_some();
+    if !opts.docs_only && !inner && !opts.via_cargo_bench {
+        // Built and started by `cargo test --all-targets`: compiling was the test.
+        eprintln!("net bench: not started by `cargo bench`, nothing measured (see --help)");
+        return ExitCode::SUCCESS;
+    }
+    let result = if opts.docs_only {
+        report::write_docs_from(&opts.json)
+    } else if inner {
+        inner_main(&opts)
+    } else {
+        outer_main(&opts)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("net bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// In the machine's namespaces: check, then re-execute inside fresh namespaces.
+fn outer_main(opts: &cli::Options) -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("needs root: it creates network namespaces and TAP devices \
+             (run `sudo cargo bench --bench net`)"
+            .into());
+    }
+    for tool in ["unshare", "nsenter", "ip", "iperf3", "mount"] {
+        if env::which(tool).is_none() {
+            return Err(format!(
+                "{tool} not found (packages util-linux, iproute2, iperf3)"
+            ));
+        }
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let scratch = std::env::temp_dir().join(format!("slirpnet-bench.{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let status = Command::new("unshare")
+        .args([
+            "--net",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--propagation",
+            "private",
+        ])
+        .arg(&exe)
+        .args(&opts.given)
+        .env(INNER_ENV, "1")
+        .env(SCRATCH_ENV, &scratch)
+        .status()
+        .map_err(|e| format!("unshare: {e}"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let status = status?;
+    if !status.success() {
+        return Err(format!("the measuring process failed: {status}"));
+    }
+    if opts.write_docs {
+        report::write_docs_from(&opts.json)?;
+    }
+    Ok(())
+}
+
+struct Found {
+    kind: HelperKind,
+    path: PathBuf,
+    version: String,
+}
+
+fn locate(kind: HelperKind, opts: &cli::Options) -> Option<PathBuf> {
+    let given = match kind {
+        HelperKind::Slirpnet => &opts.slirpnet,
+        HelperKind::Slirp4netns => &opts.slirp4netns,
+        HelperKind::Pasta => &opts.pasta,
+    };
+    if let Some(p) = given {
+        return p.is_file().then(|| p.clone());
+    }
+    match kind {
+        HelperKind::Slirpnet => {
+            // Cargo builds the crate's binaries for benches and says where.
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+            [
+                PathBuf::from(env!("CARGO_BIN_EXE_slirpnet")),
+                manifest.join("target/release/slirpnet"),
+                manifest.join("target/debug/slirpnet"),
+            ]
+            .into_iter()
+            .find(|p| p.is_file())
+        }
+        HelperKind::Slirp4netns => env::which("slirp4netns"),
+        HelperKind::Pasta => env::which("pasta"),
+    }
+}
+
+fn version_of(kind: HelperKind, path: &Path) -> String {
+    let first_line = Command::new(path)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default();
+    let package = match kind {
+        HelperKind::Slirpnet => None,
+        HelperKind::Slirp4netns => Some("slirp4netns"),
+        HelperKind::Pasta => Some("passt"),
+    };
+    let deb = package.and_then(|p| {
+        let o = Command::new("dpkg-query")
+            .args(["-W", "-f", "${Version}", p])
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| format!("Debian {p} {}", String::from_utf8_lossy(&o.stdout)))
+    });
+    match (first_line.is_empty(), deb) {
+        (true, None) => "unknown version".into(),
+        (false, None) => first_line,
+        (true, Some(d)) => d,
+        (false, Some(d)) => format!("{first_line} ({d})"),
+    }
+}
+
+/// In the suite's own namespaces: measure, write JSON, print the summary.
+fn inner_main(opts: &cli::Options) -> Result<(), String> {
+    let scratch = std::env::var_os(SCRATCH_ENV)
+        .map(PathBuf::from)
+        .ok_or("scratch directory not set")?;
+    let outer = env::Outer::setup(&scratch)?;
+    let mut found = Vec::new();
+    for &kind in &opts.helpers {
+        match locate(kind, opts) {
+            Some(path) => {
+                let version = version_of(kind, &path);
+                eprintln!("found {}: {} ({version})", kind.name(), path.display());
+                found.push(Found {
+                    kind,
+                    path,
+                    version,
+                });
+            }
+            None => {
+                let hint = if kind == HelperKind::Slirpnet {
+                    " (build it: cargo build --release)"
+                } else {
+                    ""
+                };
+                eprintln!("skipping {}: not found{hint}", kind.name());
+            }
+        }
+    }
+    if found.is_empty() {
+        return Err("no helper found".into());
+    }
+    measure::start_latency_server()?;
+
+    // Interleaved: for each repetition, each cell, every helper in turn.
+    let mut plan = Vec::new();
+    for rep in 0..opts.reps {
+        for &mtu in &opts.mtus {
+            for &mode in &opts.modes {
+                for (i, _) in found.iter().enumerate() {
+                    plan.push((rep, mtu, mode, i));
+                }
+            }
+        }
+    }
+    let total = plan.len();
+    eprintln!(
+        "{total} runs: {} helper(s) × {} mode(s) × {} MTU(s) × {} rep(s), {} s each",
+        found.len(),
+        opts.modes.len(),
+        opts.mtus.len(),
+        opts.reps,
+        opts.duration
+    );
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut runs: Vec<Run> = Vec::new();
+    let mut wall_sum = 0.0;
+    for (n, &(rep, mtu, mode, i)) in plan.iter().enumerate() {
+        let h = &found[i];
+        // Average wall time of the runs so far (failed starts are quick, and count as such).
+        let per_run = if n == 0 {
+            opts.duration + 1.0
+        } else {
+            wall_sum / n as f64
+        };
+        let eta = per_run * (total - n) as f64;
+        let line = format!(
+            "[{}/{total}] rep {}/{} · MTU {mtu} · {} · {} · ~{} left",
+            n + 1,
+            rep + 1,
+            opts.reps,
+            mode.name(),
+            h.kind.name(),
+            report::fmt_duration(eta)
+        );
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+        let run = measure::run(&measure::Plan {
+            kind: h.kind,
+            binary: &h.path,
+            mode,
+            mtu,
+            rep,
+            duration: opts.duration,
+            scratch: &outer.scratch,
+            run_id: n,
+        });
+        wall_sum += run.wall_s;
+        if run.status != Status::Ok {
+            let msg = format!(
+                "  {} {} MTU {mtu}: {} — {}",
+                h.kind.name(),
+                mode.name(),
+                run.status.name(),
+                run.error.as_deref().unwrap_or("")
+            );
+            if tty {
+                eprintln!();
+            }
+            eprintln!("{msg}");
+        }
+        runs.push(run);
+    }
+    if tty {
+        eprintln!();
+    }
+    eprintln!(
+        "done in {}",
+        report::fmt_duration(started.elapsed().as_secs_f64())
+    );
+
+    let doc = report::results_json(
+        opts,
+        &found
+            .iter()
+            .map(|f| (f.kind, f.path.display().to_string(), f.version.clone()))
+            .collect::<Vec<_>>(),
+        &runs,
+    );
+    if let Some(dir) = opts.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    std::fs::write(&opts.json, text + "\n").map_err(|e| format!("{}: {e}", opts.json.display()))?;
+    let summary = report::Summary::from_json(&doc)?;
+    println!("{}", summary.text_table());
+    eprintln!("results: {}", opts.json.display());
+    // A smoke test's only assertion: the suite itself works (some helper measured something).
+    if !runs.iter().any(|r| r.status == Status::Ok) {
+        return Err("no run succeeded".into());
+    }
+    Ok(())
+}

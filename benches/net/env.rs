@@ -1,0 +1,530 @@
+//! The suite's world: the outer network namespace, one fresh namespace per run, the helpers
+//! started the way engines start them, and process bookkeeping (/proc).
+//!
+//! Network safety: everything here runs inside the outer namespace made by `net.rs`
+//! (`unshare --net --mount --pid ...`). `check_outer` refuses to go on unless that namespace
+//! holds nothing but `lo`; then the only other link is a veth to a "sink" namespace
+//! (198.18.0.2, RFC 2544 benchmarking range) which has no further links, so a stray packet dies
+//! there. The sink only exists because pasta refuses to start without a routable host
+//! interface; pasta maps the namespace's gateway (198.18.0.2) to host loopback.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::model::HelperKind;
+
+pub const SINK_ADDR: &str = "198.18.0.2";
+pub const OUTER_ADDR: &str = "198.18.0.1/24";
+/// slirp4netns's (and slirpnet's) gateway, which reaches host loopback.
+pub const SLIRP_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+
+pub type Res<T> = Result<T, String>;
+
+/// Runs a command to completion; an error carries its stderr.
+pub fn sh(program: &str, args: &[&str]) -> Res<()> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {}: {} {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// `None` when the child is still running at the deadline.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => return None,
+        }
+    }
+}
+
+/// SIGTERM, a grace period, then SIGKILL; always reaps.
+pub fn stop(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    if wait_timeout(child, Duration::from_secs(2)).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Stops a process that is not our `Child` (pasta's daemon, reparented to us as PID 1 of the
+/// suite's PID namespace) by its id, and reaps it.
+fn stop_pid(pid: i32) {
+    let pid = Pid::from_raw(pid);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) => return,
+            // Not our child: wait for it to vanish.
+            Err(_) => {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    return;
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+fn netns_id(pid: &str) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
+}
+
+/// Refuses to run unless we are in a network namespace holding only `lo`.
+pub fn check_outer() -> Res<()> {
+    let dev = std::fs::read_to_string("/proc/net/dev").map_err(|e| e.to_string())?;
+    let links: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    if links != ["lo"] {
+        return Err(format!(
+            "refusing to run: the outer network namespace is not empty (links: {links:?})"
+        ));
+    }
+    Ok(())
+}
+
+/// The outer namespace: lo up, private /run/netns and scratch space, the sink behind a veth.
+pub struct Outer {
+    sink: Child,
+    pub scratch: PathBuf,
+}
+
+impl Outer {
+    pub fn setup(scratch: &Path) -> Res<Outer> {
+        check_outer()?;
+        sh("mount", &["--make-rprivate", "/"])?;
+        std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+        let s = scratch.to_str().ok_or("scratch path is not UTF-8")?;
+        sh(
+            "mount",
+            &["-t", "tmpfs", "-o", "mode=0700", "slirpnet-bench", s],
+        )?;
+        // `ip netns attach` (pasta) binds namespaces under /run/netns: keep those private.
+        std::fs::create_dir_all("/run/netns").map_err(|e| format!("/run/netns: {e}"))?;
+        sh(
+            "mount",
+            &["-t", "tmpfs", "slirpnet-bench-netns", "/run/netns"],
+        )?;
+        sh("ip", &["link", "set", "lo", "up"])?;
+        // Room for the connect/request/close mode (per-namespace setting).
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65000");
+        let sink = Command::new("unshare")
+            .args(["--net", "sleep", "infinity"])
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("unshare: {e}"))?;
+        let mut outer = Outer {
+            sink,
+            scratch: scratch.to_path_buf(),
+        };
+        let sink_pid = outer.sink.id().to_string();
+        wait_new_netns(&mut outer.sink)?;
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                "veth-bench",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "veth-sink",
+                "netns",
+                &sink_pid,
+            ],
+        )?;
+        sh("ip", &["addr", "add", OUTER_ADDR, "dev", "veth-bench"])?;
+        sh("ip", &["link", "set", "veth-bench", "up"])?;
+        let in_sink = |args: &[&str]| {
+            let mut a = vec!["--target", sink_pid.as_str(), "--net", "--", "ip"];
+            a.extend_from_slice(args);
+            sh("nsenter", &a)
+        };
+        in_sink(&["link", "set", "lo", "up"])?;
+        in_sink(&["addr", "add", "198.18.0.2/24", "dev", "veth-sink"])?;
+        in_sink(&["link", "set", "veth-sink", "up"])?;
+        sh("ip", &["route", "add", "default", "via", SINK_ADDR])?;
+        Ok(outer)
+    }
+}
+
+impl Drop for Outer {
+    fn drop(&mut self) {
+        stop(&mut self.sink);
+    }
+}
+
+/// Waits until a freshly spawned `unshare --net` holder is in its own namespace.
+fn wait_new_netns(holder: &mut Child) -> Res<()> {
+    let ours = netns_id("self");
+    let pid = holder.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let theirs = netns_id(&pid);
+        if theirs.is_some() && theirs != ours {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = holder.try_wait() {
+            return Err(format!("namespace holder exited: {status}"));
+        }
+        if Instant::now() > deadline {
+            return Err("namespace holder did not unshare in 5 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A fresh network namespace held by a sleeping process; `lo` is up.
+pub struct Netns {
+    holder: Child,
+    pub pid: u32,
+    /// Set once `ip netns attach`ed (pasta).
+    name: Option<String>,
+}
+
+impl Netns {
+    pub fn new() -> Res<Netns> {
+        let holder = Command::new("unshare")
+            .args(["--net", "sleep", "infinity"])
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("unshare: {e}"))?;
+        let pid = holder.id();
+        let mut ns = Netns {
+            holder,
+            pid,
+            name: None,
+        };
+        wait_new_netns(&mut ns.holder)?;
+        ns.sh(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs `ARGS...` inside the namespace (`nsenter --target PID --net`).
+    pub fn sh(&self, args: &[&str]) -> Res<()> {
+        let pid = self.pid.to_string();
+        let mut a = vec!["--target", pid.as_str(), "--net", "--"];
+        a.extend_from_slice(args);
+        sh("nsenter", &a)
+    }
+
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args(["--target", &self.pid.to_string(), "--net", "--", program]);
+        c
+    }
+
+    /// The namespace's IPv4 default gateway (from /proc/PID/net/route).
+    pub fn default_gateway(&self) -> Option<Ipv4Addr> {
+        let routes = std::fs::read_to_string(format!("/proc/{}/net/route", self.pid)).ok()?;
+        routes.lines().skip(1).find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 2 && f[1] == "00000000" {
+                let gw = u32::from_str_radix(f[2], 16).ok()?;
+                Some(Ipv4Addr::from(gw.to_le_bytes()))
+            } else {
+                None
+            }
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        stop(&mut self.holder);
+        if let Some(name) = self.name.take() {
+            let _ = sh("ip", &["netns", "delete", &name]);
+        }
+    }
+}
+
+enum Proc {
+    Child(Child),
+    Daemon(i32),
+}
+
+/// A started helper.
+pub struct Helper {
+    proc: Proc,
+    pub pid: i32,
+    pub ready: Duration,
+    pub gateway: Ipv4Addr,
+    pub api: Option<PathBuf>,
+    stderr: PathBuf,
+}
+
+impl Helper {
+    pub fn stderr_tail(&self) -> String {
+        tail(&self.stderr)
+    }
+
+    /// Adds a TCP forward 127.0.0.1:port → guest port through the slirp4netns JSON API.
+    /// `Err((unsupported, why))`.
+    pub fn add_hostfwd(&self, port: u16) -> Result<(), (bool, String)> {
+        let Some(sock) = &self.api else {
+            return Ok(()); // pasta: forwards given at start (-t)
+        };
+        let request = format!(
+            r#"{{"execute":"add_hostfwd","arguments":{{"proto":"tcp","host_addr":"127.0.0.1","host_port":{port},"guest_port":{port}}}}}"#
+        );
+        let mut stream = UnixStream::connect(sock)
+            .map_err(|e| (true, format!("API socket {}: {e}", sock.display())))?;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        use std::io::Write;
+        stream
+            .write_all(request.as_bytes())
+            .and_then(|_| stream.shutdown(std::net::Shutdown::Write))
+            .map_err(|e| (true, format!("API write: {e}")))?;
+        let mut reply = String::new();
+        let _ = stream.read_to_string(&mut reply);
+        match serde_json::from_str::<serde_json::Value>(&reply) {
+            Ok(v) if v.get("return").is_some() => Ok(()),
+            _ => Err((true, format!("add_hostfwd answered {reply:?}"))),
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        match &mut self.proc {
+            Proc::Child(c) => matches!(c.try_wait(), Ok(None)),
+            Proc::Daemon(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        match &mut self.proc {
+            Proc::Child(c) => stop(c),
+            Proc::Daemon(pid) => stop_pid(*pid),
+        }
+    }
+}
+
+pub fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(3);
+    lines[start..].join(" | ")
+}
+
+/// Starts a helper for `ns` the way engines do. `fwd_port`: the forward pasta gets at start
+/// (`-t`), and whether slirp4netns-like helpers get an API socket (`-a`).
+pub fn start_helper(
+    kind: HelperKind,
+    binary: &Path,
+    ns: &mut Netns,
+    mtu: u32,
+    fwd_port: Option<u16>,
+    scratch: &Path,
+    run_id: usize,
+) -> Res<Helper> {
+    let stderr = scratch.join(format!("{}.{run_id}.err", kind.name()));
+    let err_file = File::create(&stderr).map_err(|e| e.to_string())?;
+    match kind {
+        HelperKind::Slirpnet | HelperKind::Slirp4netns => {
+            let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+            // The write end goes to the helper under its own number.
+            fcntl(w.as_fd(), FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| e.to_string())?;
+            let api = fwd_port.map(|_| scratch.join(format!("api.{run_id}.sock")));
+            let mut cmd = Command::new(binary);
+            cmd.args(["-c", "--mtu", &mtu.to_string()])
+                .args(["-r", &w.as_raw_fd().to_string()]);
+            if let Some(api) = &api {
+                cmd.arg("-a").arg(api);
+            }
+            cmd.args([&ns.pid.to_string(), "tap0"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(err_file);
+            let t0 = Instant::now();
+            let child = cmd
+                .spawn()
+                .map_err(|e| format!("{}: {e}", binary.display()))?;
+            drop(w);
+            let pid = child.id() as i32;
+            let mut helper = Helper {
+                proc: Proc::Child(child),
+                pid,
+                ready: Duration::ZERO,
+                gateway: SLIRP_GATEWAY,
+                api,
+                stderr,
+            };
+            let mut fds = [PollFd::new(r.as_fd(), PollFlags::POLLIN)];
+            let n = poll(&mut fds, 10_000u16).map_err(|e| e.to_string())?;
+            let mut byte = [0u8; 1];
+            let got = if n > 0 {
+                File::from(r).read(&mut byte).unwrap_or(0)
+            } else {
+                0
+            };
+            helper.ready = t0.elapsed();
+            if got != 1 || byte[0] != b'1' {
+                std::thread::sleep(Duration::from_millis(20));
+                let status = match &mut helper.proc {
+                    Proc::Child(c) => c.try_wait().ok().flatten(),
+                    Proc::Daemon(_) => None,
+                };
+                let why = if n == 0 {
+                    "no ready byte within 10 s".to_string()
+                } else {
+                    match status {
+                        Some(s) => format!("exited ({s}) without the ready byte"),
+                        None => "closed the ready fd without writing 1".to_string(),
+                    }
+                };
+                return Err(format!("{why}: {}", helper.stderr_tail()));
+            }
+            Ok(helper)
+        }
+        HelperKind::Pasta => {
+            let name = format!("slirpnet-bench-{run_id}");
+            sh("ip", &["netns", "attach", &name, &ns.pid.to_string()])?;
+            ns.name = Some(name.clone());
+            let pidfile = scratch.join(format!("pasta.{run_id}.pid"));
+            // Without -f pasta daemonizes once the namespace is configured and its ports are
+            // bound: the parent's exit is its "ready" (that is how Podman waits for it).
+            let mut cmd = Command::new(binary);
+            cmd.args(["-q", "--runas", "0", "--config-net", "-m", &mtu.to_string()])
+                .args(["-t", &fwd_port.unwrap_or(crate::FWD_PORT).to_string()])
+                .args(["--netns", &name, "-P"])
+                .arg(&pidfile)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(err_file);
+            let t0 = Instant::now();
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| format!("{}: {e}", binary.display()))?;
+            let status = wait_timeout(&mut child, Duration::from_secs(10));
+            let ready = t0.elapsed();
+            let Some(status) = status else {
+                stop(&mut child);
+                return Err(format!("did not daemonize in 10 s: {}", tail(&stderr)));
+            };
+            if !status.success() {
+                return Err(format!("exited {status}: {}", tail(&stderr)));
+            }
+            let pid: i32 = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| format!("no pid file: {}", tail(&stderr)))?;
+            let gateway = ns
+                .default_gateway()
+                .ok_or("no default route in the namespace")?;
+            Ok(Helper {
+                proc: Proc::Daemon(pid),
+                pid,
+                ready,
+                gateway,
+                api: None,
+                stderr,
+            })
+        }
+    }
+}
+
+/// user + sys CPU of a process, in seconds.
+pub fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `after` starts at field 3.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some(ticks as f64 / hz)
+}
+
+/// A `kB` line of /proc/PID/status (VmRSS, VmHWM).
+pub fn status_kib(pid: i32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Whether a TCP socket listens on `port` in the namespace of `pid` ("self" for ours).
+pub fn listening(pid: &str, port: u16) -> bool {
+    ["tcp", "tcp6"].iter().any(|f| {
+        std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3
+                    && f[3] == "0A"
+                    && f[1]
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok())
+                        == Some(port)
+            })
+    })
+}
+
+pub fn wait_listening(pid: &str, port: u16, server: &mut Child) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !listening(pid, port) {
+        if let Ok(Some(status)) = server.try_wait() {
+            return Err(format!("server exited before listening: {status}"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("nothing listens on port {port} after 5 s"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
