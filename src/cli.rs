@@ -131,6 +131,9 @@ struct RawArgs {
     userns_path: Option<OsString>,
     #[arg(short = 'a', long, allow_hyphen_values = true)]
     api_socket: Option<OsString>,
+    /// Repeatable, unlike every other option.
+    #[arg(short = 'p', long, allow_hyphen_values = true, action = clap::ArgAction::Append)]
+    publish: Vec<String>,
     #[arg(short = '6', long)]
     enable_ipv6: bool,
     #[arg(short = 'h', long)]
@@ -325,7 +328,15 @@ fn build_config(raw: RawArgs, warnings: &mut Vec<String>) -> Result<Config, CliE
         }
     }
 
+    let publish = raw
+        .publish
+        .iter()
+        .map(|spec| crate::api::parse_publish(spec, &net, raw.enable_ipv6))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(CliError::without_usage)?;
+
     Ok(Config {
+        publish,
         target,
         tap_name,
         configure,
@@ -615,6 +626,8 @@ COMMAND's status.
 -m, --mtu=MTU            specify MTU (default={DEFAULT_MTU}, max={MAX_MTU})
 -6, --enable-ipv6        enable IPv6 (accepted; IPv6 is not implemented yet)
 -a, --api-socket=PATH    specify API socket path (shorter than {UNIX_PATH_MAX} bytes)
+-p, --publish=SPEC       publish a port: [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|udp]
+                         (repeatable; HOSTADDR defaults to 0.0.0.0, IPv6 in brackets)
 --cidr=CIDR              specify network address CIDR (default=10.0.2.0/24, prefix 1-{MAX_PREFIX_LEN})
 --disable-host-loopback  prohibit connecting to 127.0.0.1:* on the host namespace
 --netns-type=TYPE        specify network namespace type ([path|pid], default=pid)

@@ -97,6 +97,8 @@ pub struct Config {
     /// `--macaddress`, only valid with `-c`.
     pub mac: Option<[u8; 6]>,
     pub api_socket: Option<PathBuf>,
+    /// `-p/--publish`: forwards set up before the ready byte.
+    pub publish: Vec<crate::api::ForwardSpec>,
     /// `-6`: accepted for compatibility; IPv6 arrives in a later issue.
     pub enable_ipv6: bool,
 }

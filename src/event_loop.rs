@@ -15,6 +15,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::api_server::ApiServer;
 use crate::stack::Stack;
 use crate::stack::host::{Host, PingKind, Token};
 use crate::sys::sock;
@@ -22,9 +23,14 @@ use crate::sys::sock;
 const TOKEN_TAP: u64 = 1;
 const TOKEN_EXIT_FD: u64 = 2;
 const TOKEN_SIGNAL: u64 = 3;
+const TOKEN_API: u64 = 4;
+/// API clients: this kind in the high bits, the client's slot below (the stack's flow kinds
+/// use 1..=4).
+const KIND_API_CLIENT: u64 = 0x100 << 32;
 /// Frames read from the TAP per wake-up before output is flushed, so neither direction
 /// starves the other.
 const TAP_BATCH: usize = 128;
+const INDEX_MASK: u64 = (1 << 32) - 1;
 /// Room for the largest frame: MTU 65521 plus the Ethernet header.
 const FRAME_BUFFER: usize = 65536 + 64;
 
@@ -312,6 +318,7 @@ pub fn block_signals() -> io::Result<SigSet> {
 
 pub struct EventLoop<'a> {
     pub stack: Stack<SystemHost>,
+    pub api: Option<ApiServer>,
     pub tap: OwnedFd,
     pub exit_fd: Option<RawFd>,
     pub signals: SigSet,
@@ -346,11 +353,22 @@ impl EventLoop<'_> {
                 return Ok(Exit::Requested);
             }
         }
+        if let Some(api) = &self.api {
+            epoll.add(
+                &api.listener,
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_API),
+            )?;
+        }
         let mut events = vec![EpollEvent::empty(); 256];
         let mut frame = vec![0u8; FRAME_BUFFER];
         loop {
             let now = Instant::now();
-            let timeout = match self.stack.poll_at() {
+            let api_deadline = self.api.as_mut().and_then(|api| api.expire(now));
+            let next = match (self.stack.poll_at(), api_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = match next {
                 Some(at) => {
                     let ms = at.saturating_duration_since(now).as_millis().min(60_000) as u16;
                     // Round up so we do not wake just before the deadline.
@@ -368,6 +386,12 @@ impl EventLoop<'_> {
                 match event.data() {
                     TOKEN_TAP => self.drain_tap(now, &mut frame)?,
                     TOKEN_EXIT_FD => return Ok(Exit::Requested),
+                    TOKEN_API => self.accept_api_clients(now)?,
+                    token if token & !INDEX_MASK == KIND_API_CLIENT => {
+                        if let Some(api) = &mut self.api {
+                            api.handle((token & INDEX_MASK) as usize, &mut self.stack);
+                        }
+                    }
                     TOKEN_SIGNAL => {
                         if let Some(exit) = self.handle_signals(&signal_fd)? {
                             return Ok(exit);
@@ -382,6 +406,23 @@ impl EventLoop<'_> {
             self.stack.flush(now);
             self.write_frames()?;
         }
+    }
+
+    fn accept_api_clients(&mut self, now: Instant) -> io::Result<()> {
+        let Some(api) = &mut self.api else {
+            return Ok(());
+        };
+        for (slot, stream) in api.accept(now) {
+            let flags = EpollFlags::EPOLLIN
+                | EpollFlags::EPOLLOUT
+                | EpollFlags::EPOLLRDHUP
+                | EpollFlags::EPOLLET;
+            self.stack.host.epoll.add(
+                stream,
+                EpollEvent::new(flags, KIND_API_CLIENT | slot as u64),
+            )?;
+        }
+        Ok(())
     }
 
     fn drain_tap(&mut self, now: Instant, frame: &mut [u8]) -> io::Result<()> {

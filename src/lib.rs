@@ -1,6 +1,8 @@
 //! slirpnet: a user-mode network helper for rootless containers, a drop-in replacement for
 //! slirp4netns. See docs/architecture.md for the layout.
 
+pub mod api;
+pub mod api_server;
 pub mod cli;
 pub mod config;
 pub mod event_loop;

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 
+use crate::api_server::ApiServer;
 use crate::config::{Config, Target};
 use crate::event_loop::{self, EventLoop, Exit, SystemHost};
 use crate::stack::{Limits, Stack, StackConfig};
@@ -63,6 +64,20 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
         },
         Instant::now(),
     );
+    let mut stack = stack;
+    for spec in &config.publish {
+        stack
+            .add_forward(spec.proto, spec.host, spec.guest)
+            .with_context(|| format!("publishing {} port {}", spec.proto, spec.host))?;
+    }
+    let api = config
+        .api_socket
+        .as_deref()
+        .map(|path| {
+            ApiServer::bind(path, config.net, config.enable_ipv6)
+                .with_context(|| format!("binding the API socket {}", path.display()))
+        })
+        .transpose()?;
     if let Some(fd) = config.ready_fd {
         sys::write_ready_byte(fd)?;
     }
@@ -72,6 +87,7 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
     }
     let event_loop = EventLoop {
         stack,
+        api,
         tap,
         exit_fd: config.exit_fd,
         signals,

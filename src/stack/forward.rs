@@ -22,9 +22,21 @@ impl Proto {
     }
 }
 
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Forward ids start at 1 and are never reused (COMPAT.md section 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ForwardId(pub u64);
+
+impl std::fmt::Display for ForwardId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// What a forward is, as `list_hostfwd` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

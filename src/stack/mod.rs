@@ -259,6 +259,32 @@ impl<H: Host> Stack<H> {
         self.udp.len
     }
 
+    /// Every counter by name, for `get_stats`: live flows by protocol, flows opened, and
+    /// frames dropped by reason.
+    pub fn counter_list(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.counters;
+        vec![
+            ("tcp_flows", self.tcp.len as u64),
+            ("tcp_connecting", self.connecting as u64),
+            ("udp_flows", self.udp.len as u64),
+            ("ping_flows", self.ping.len as u64),
+            ("tcp_flows_opened", c.tcp_flows_opened),
+            ("tcp_connects_refused", c.tcp_connects_refused),
+            ("udp_flows_opened", c.udp_flows_opened),
+            ("ping_flows_opened", c.ping_flows_opened),
+            ("frames_in", c.frames_in),
+            ("frames_out", c.frames_out),
+            ("dropped_malformed", c.dropped_malformed),
+            ("dropped_unsupported", c.dropped_unsupported),
+            ("dropped_fragments", c.dropped_fragments),
+            ("dropped_no_flow", c.dropped_no_flow),
+            ("dropped_flow_limit", c.dropped_flow_limit),
+            ("dropped_ping_unavailable", c.dropped_ping_unavailable),
+            ("dropped_oversized", c.dropped_oversized),
+            ("dropped_tap_full", c.dropped_tap_full),
+        ]
+    }
+
     fn link_mss(&self) -> usize {
         self.config.mtu.saturating_sub(40).max(8)
     }

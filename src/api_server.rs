@@ -1,0 +1,226 @@
+//! The API socket's I/O: a non-blocking Unix listener in the event loop's epoll set, one
+//! request per connection (COMPAT.md section 2). A client that sends nothing, or sends
+//! slowly, only holds its own slot until its deadline: the data plane never waits for it.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::api::{self, ApiError, Request};
+use crate::config::NetConfig;
+use crate::event_loop::SystemHost;
+use crate::stack::Stack;
+
+/// How long a client may take to send its request and read the reply.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Clients served at once; more are closed at accept.
+pub const MAX_CLIENTS: usize = 64;
+
+struct Client {
+    stream: UnixStream,
+    request: Vec<u8>,
+    /// The reply and how much of it was written.
+    reply: Option<(Vec<u8>, usize)>,
+    deadline: Instant,
+}
+
+pub struct ApiServer {
+    pub listener: UnixListener,
+    path: PathBuf,
+    clients: Vec<Option<Client>>,
+    net: NetConfig,
+    ipv6: bool,
+}
+
+/// What the event loop should do with a client after an event.
+enum Progress {
+    Open,
+    Done,
+}
+
+impl ApiServer {
+    /// Binds the socket, replacing a stale file at `path`.
+    pub fn bind(path: &Path, net: NetConfig, ipv6: bool) -> io::Result<Self> {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        Ok(ApiServer {
+            listener,
+            path: path.to_owned(),
+            clients: Vec::new(),
+            net,
+            ipv6,
+        })
+    }
+
+    /// Accepts waiting clients; returns the slots to register with epoll.
+    pub fn accept(&mut self, now: Instant) -> Vec<(usize, &UnixStream)> {
+        let mut accepted = Vec::new();
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "API accept failed");
+                    break;
+                }
+            };
+            let open = self.clients.iter().filter(|c| c.is_some()).count();
+            if open >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let client = Client {
+                stream,
+                request: Vec::new(),
+                reply: None,
+                deadline: now + CLIENT_TIMEOUT,
+            };
+            let slot = match self.clients.iter().position(Option::is_none) {
+                Some(slot) => {
+                    self.clients[slot] = Some(client);
+                    slot
+                }
+                None => {
+                    self.clients.push(Some(client));
+                    self.clients.len() - 1
+                }
+            };
+            accepted.push(slot);
+        }
+        accepted
+            .into_iter()
+            .filter_map(|slot| Some((slot, &self.clients[slot].as_ref()?.stream)))
+            .collect()
+    }
+
+    /// A client's socket is ready: read its request, answer, write the reply.
+    pub fn handle(&mut self, slot: usize, stack: &mut Stack<SystemHost>) {
+        let Some(client) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let progress = match client.reply {
+            None => read_request(client, &self.net, self.ipv6, stack),
+            Some(_) => write_reply(client),
+        };
+        if matches!(progress, Progress::Done) {
+            self.clients[slot] = None;
+        }
+    }
+
+    /// Closes clients past their deadline; returns the next deadline.
+    pub fn expire(&mut self, now: Instant) -> Option<Instant> {
+        for slot in &mut self.clients {
+            if slot.as_ref().is_some_and(|c| c.deadline <= now) {
+                *slot = None;
+            }
+        }
+        self.clients.iter().flatten().map(|c| c.deadline).min()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn read_request(
+    client: &mut Client,
+    net: &NetConfig,
+    ipv6: bool,
+    stack: &mut Stack<SystemHost>,
+) -> Progress {
+    let mut chunk = [0u8; 4096];
+    let complete = loop {
+        match client.stream.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => {
+                client.request.extend_from_slice(&chunk[..n]);
+                if client.request.len() >= api::MAX_REQUEST_LEN {
+                    break true;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Progress::Done,
+        }
+    };
+    if !complete {
+        return Progress::Open;
+    }
+    let reply = respond(&client.request, net, ipv6, stack);
+    client.reply = Some((reply.into_bytes(), 0));
+    write_reply(client)
+}
+
+fn write_reply(client: &mut Client) -> Progress {
+    let Some((reply, written)) = &mut client.reply else {
+        return Progress::Done;
+    };
+    while *written < reply.len() {
+        match client.stream.write(&reply[*written..]) {
+            Ok(n) => *written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Open,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Progress::Done,
+        }
+    }
+    Progress::Done
+}
+
+/// Answers one request against the running stack.
+pub fn respond(
+    request: &[u8],
+    net: &NetConfig,
+    ipv6: bool,
+    stack: &mut Stack<SystemHost>,
+) -> String {
+    let request = match api::parse_request(request, net, ipv6) {
+        Ok(request) => request,
+        Err(error) => return api::error_reply(&error),
+    };
+    match request {
+        Request::AddHostfwd(spec) => match stack.add_forward(spec.proto, spec.host, spec.guest) {
+            Ok(info) => {
+                let ephemeral = spec.is_ephemeral().then_some(info.host.port());
+                api::add_reply(info.id, ephemeral)
+            }
+            Err(error) => {
+                tracing::info!(host = %spec.host, %error, "add_hostfwd: bind failed");
+                api::error_reply(&ApiError::AddFailed)
+            }
+        },
+        Request::ListHostfwd => api::list_reply(&stack.forwards()),
+        Request::RemoveHostfwd(id) => {
+            if stack.remove_forward(id) {
+                api::remove_reply()
+            } else {
+                api::error_reply(&ApiError::RemoveBadId)
+            }
+        }
+        Request::GetStats => api::stats_reply(&stats(stack)),
+    }
+}
+
+fn stats(stack: &Stack<SystemHost>) -> api::Stats {
+    let forwards = stack
+        .forward_stats()
+        .into_iter()
+        .map(|(info, s)| api::ForwardStats {
+            id: info.id,
+            connections_total: s.connections_total,
+            connections_active: s.connections_active,
+            bytes_to_guest: s.bytes_to_guest,
+            bytes_to_host: s.bytes_to_host,
+        })
+        .collect();
+    api::Stats {
+        forwards,
+        counters: stack.counter_list(),
+    }
+}
