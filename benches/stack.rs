@@ -10,7 +10,6 @@
 //! ```
 
 #[path = "../tests/support/guest.rs"]
-#[allow(dead_code)]
 mod guest;
 
 use std::io::{Read, Write};
