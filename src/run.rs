@@ -43,9 +43,18 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
         userns,
         tap_name: config.tap_name.clone(),
         configure,
-        vnet_hdr: false,
+        vnet_hdr: offload_wanted(),
     })?;
     sys::set_nonblocking(tap.as_fd())?;
+    // Checksum and TSO offloads let 64 KiB TCP segments cross the TAP whatever the MTU.
+    let gso = offload_wanted()
+        && match sys::enable_vnet_offloads(tap.as_fd(), VNET_HDR_LEN) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, "TAP offloads unavailable; carrying MTU-sized frames");
+                false
+            }
+        };
 
     let dns_upstream = if config.disable_dns {
         None
@@ -61,6 +70,7 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
             disable_host_loopback: config.disable_host_loopback,
             dns_upstream,
             limits: Limits::default(),
+            gso,
         },
         Instant::now(),
     );
@@ -86,6 +96,7 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
         child.release()?;
     }
     let event_loop = EventLoop {
+        vnet_hdr: offload_wanted(),
         stack,
         api,
         tap,
@@ -98,6 +109,13 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
         Exit::Requested => Ok(0),
         Exit::Child(status) => Ok(status),
     }
+}
+
+const VNET_HDR_LEN: i32 = 10;
+
+/// TAP offloads are on unless `SLIRPNET_OFFLOAD=0` (for measuring what they bring).
+fn offload_wanted() -> bool {
+    std::env::var_os("SLIRPNET_OFFLOAD").is_none_or(|v| v != "0")
 }
 
 /// The first `nameserver` of a resolv.conf, whatever its address family.

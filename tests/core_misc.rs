@@ -139,7 +139,7 @@ fn stack_answers(h: &mut Harness) -> Vec<Vec<u8>> {
         .tx
         .take()
         .into_iter()
-        .map(|(f, n)| f[..n].to_vec())
+        .map(|f| f.buf[..f.len].to_vec())
         .collect();
     h.wire.to_guest.extend(frames.iter().cloned());
     frames

@@ -132,6 +132,65 @@ pub fn finish_tcp_frame(
     l4_start + l4_len
 }
 
+/// Like [`finish_tcp_frame`], for a payload larger than the guest's MSS that the guest kernel
+/// will take as `mss`-sized segments: the checksum is left for it (partial, pseudo-header
+/// only), as virtio-net's GSO expects.
+pub fn finish_tcp_gso_frame(
+    frame: &mut [u8],
+    link: Link,
+    src: IpAddr,
+    dst: IpAddr,
+    header: &TcpHeader,
+    payload_len: usize,
+    mss: usize,
+) -> (usize, Gso) {
+    let l4_len = TCP_HEADER_LEN + payload_len;
+    let l4_start = emit_l2_l3(frame, link, src, dst, IpProtocol::Tcp, l4_len);
+    let segment = &mut frame[l4_start..l4_start + l4_len];
+    emit_tcp_header(&mut segment[..TCP_HEADER_LEN], header);
+    let mut packet = TcpPacket::new_unchecked(segment);
+    packet.set_psh(true);
+    packet.set_checksum(pseudo_header_sum(src, dst, IpProtocol::Tcp, l4_len as u32));
+    let gso = Gso {
+        mss: mss as u16,
+        header_len: (l4_start + TCP_HEADER_LEN) as u16,
+        csum_start: l4_start as u16,
+        ipv6: dst.is_ipv6(),
+    };
+    (l4_start + l4_len, gso)
+}
+
+/// The one's complement sum of the pseudo-header (RFC 9293 3.1, RFC 8200 8.1), folded and
+/// not inverted: what a partial checksum field holds for the receiver to finish.
+pub fn pseudo_header_sum(src: IpAddr, dst: IpAddr, protocol: IpProtocol, l4_len: u32) -> u16 {
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+    };
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            add(&s.octets());
+            add(&d.octets());
+        }
+        (s, d) => {
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V6(v6) => v6.octets(),
+                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            };
+            add(&v6(s));
+            add(&v6(d));
+        }
+    }
+    add(&l4_len.to_be_bytes());
+    add(&[0, u8::from(protocol)]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
 /// Builds a whole TCP frame (any header, small payload copied in). Returns the frame length.
 pub fn build_tcp_frame(
     frame: &mut Vec<u8>,
@@ -251,11 +310,30 @@ pub fn build_unreachable_frame(
     build_icmpv4_frame(frame, link, router, original_header.src_addr, &repr)
 }
 
+/// A TCP frame larger than the guest's MTU, for the guest kernel to treat as received
+/// segments of `mss` bytes (virtio-net GSO through the TAP's vnet header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gso {
+    pub mss: u16,
+    /// Ethernet + IP + TCP header bytes.
+    pub header_len: u16,
+    /// Where the TCP header starts; its checksum field holds only the pseudo-header sum.
+    pub csum_start: u16,
+    pub ipv6: bool,
+}
+
+/// One frame for the guest.
+pub struct TxFrame {
+    pub buf: Vec<u8>,
+    pub len: usize,
+    pub gso: Option<Gso>,
+}
+
 /// Frames for the guest, and a pool of buffers to build them in without allocating per frame.
 #[derive(Default)]
 pub struct Tx {
-    /// Built frames with their lengths, in order, for the event loop to write.
-    pub frames: Vec<(Vec<u8>, usize)>,
+    /// Built frames, in order, for the event loop to write.
+    pub frames: Vec<TxFrame>,
     pool: Vec<Vec<u8>>,
 }
 
@@ -270,7 +348,19 @@ impl Tx {
     }
 
     pub fn push(&mut self, frame: Vec<u8>, len: usize) {
-        self.frames.push((frame, len));
+        self.frames.push(TxFrame {
+            buf: frame,
+            len,
+            gso: None,
+        });
+    }
+
+    pub fn push_gso(&mut self, frame: Vec<u8>, len: usize, gso: Gso) {
+        self.frames.push(TxFrame {
+            buf: frame,
+            len,
+            gso: Some(gso),
+        });
     }
 
     pub fn recycle(&mut self, frame: Vec<u8>) {
@@ -288,7 +378,7 @@ impl Tx {
     }
 
     /// Takes the queued frames; hand the buffers back with [`Tx::recycle`].
-    pub fn take(&mut self) -> Vec<(Vec<u8>, usize)> {
+    pub fn take(&mut self) -> Vec<TxFrame> {
         std::mem::take(&mut self.frames)
     }
 }
@@ -325,5 +415,55 @@ pub fn push_ipv4_fragments(
         packet.fill_checksum();
         tx.push(frame, start + len);
         offset += len;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_checksum_completes_to_the_full_one() {
+        // A full checksum over a frame equals the inverted sum of the pseudo-header sum and
+        // the segment bytes with a zero checksum field.
+        let mut frame = vec![0u8; 200];
+        let payload_at = tcp_payload_offset("10.0.2.2".parse().unwrap());
+        for (i, b) in frame[payload_at..payload_at + 100].iter_mut().enumerate() {
+            *b = i as u8 ^ 0x5a;
+        }
+        let link = Link {
+            src: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            dst: EthernetAddress([2, 0, 0, 0, 0, 2]),
+        };
+        let header = TcpHeader {
+            src_port: 80,
+            dst_port: 40000,
+            control: TcpControl::None,
+            seq: 1,
+            ack: Some(2),
+            window: 100,
+            max_seg_size: None,
+            window_scale: None,
+        };
+        let (src, dst) = ("10.0.2.2".parse().unwrap(), "10.0.2.100".parse().unwrap());
+        let mut full = frame.clone();
+        let len = finish_tcp_frame(&mut full, link, src, dst, &header, 100);
+        let (gso_len, gso) = finish_tcp_gso_frame(&mut frame, link, src, dst, &header, 100, 50);
+        assert_eq!(len, gso_len);
+        let start = usize::from(gso.csum_start);
+        let mut segment = frame[start..len].to_vec();
+        let partial = u16::from_be_bytes([segment[16], segment[17]]);
+        segment[16] = 0;
+        segment[17] = 0;
+        let mut sum = u32::from(partial);
+        for pair in segment.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let expected = u16::from_be_bytes([full[start + 16], full[start + 17]]);
+        assert_eq!(!(sum as u16), expected);
+        assert_eq!(usize::from(gso.header_len), start + TCP_HEADER_LEN);
     }
 }

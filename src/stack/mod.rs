@@ -63,6 +63,9 @@ pub struct StackConfig {
     /// Where DNS to net+3:53 goes; `None` when `--disable-dns` or no resolver is known.
     pub dns_upstream: Option<SocketAddr>,
     pub limits: Limits,
+    /// The TAP takes GSO frames (vnet header with TSO offloads): TCP data to the guest goes
+    /// out in frames of up to 64 KiB, whatever the MTU.
+    pub gso: bool,
 }
 
 const DHCP_SERVER_PORT: u16 = 67;
@@ -609,7 +612,8 @@ impl<H: Host> Stack<H> {
             Ok(socket) => {
                 let iss = self.next_iss;
                 self.next_iss = self.next_iss.wrapping_add(0x0101_0101).rotate_left(7);
-                let flow = TcpFlow::new(key, socket, segment, iss, self.link_mss());
+                let mut flow = TcpFlow::new(key, socket, segment, iss, self.link_mss());
+                flow.gso = self.config.gso;
                 let index = self.tcp.insert(flow);
                 self.tcp_index.insert(key, index);
                 self.connecting += 1;
@@ -1153,6 +1157,7 @@ impl<H: Host> Stack<H> {
             self.next_iss = self.next_iss.wrapping_add(0x0101_0101).rotate_left(7);
             let mut flow = TcpFlow::new_outbound(key, socket, iss, link_mss, now);
             flow.forward = Some(info.id);
+            flow.gso = self.config.gso;
             let index = self.tcp.insert(flow);
             self.tcp_index.insert(key, index);
             self.counters.tcp_flows_opened += 1;

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use smoltcp::wire::TcpControl;
 
-use super::frame::{Link, TcpHeader, Tx, finish_tcp_frame, tcp_payload_offset};
+use super::frame::{
+    Link, TcpHeader, Tx, finish_tcp_frame, finish_tcp_gso_frame, tcp_payload_offset,
+};
 
 /// How many bytes of guest data we hold when the host socket is full. It is also the largest
 /// window we advertise.
@@ -28,6 +30,8 @@ pub const WINDOW_SHIFT: u8 = 7;
 /// Guest data is sent to the host socket at the end of each batch of frames, or as soon as
 /// this much has collected.
 const SEND_CHUNK: usize = 256 << 10;
+/// Payload of one GSO frame to the guest: the largest IPv4 packet less its headers.
+pub const GSO_PAYLOAD: usize = 65535 - 20 - 20;
 /// Out-of-order segments kept per flow.
 const MAX_OUT_OF_ORDER: usize = 64;
 const INITIAL_RTO: Duration = Duration::from_millis(200);
@@ -119,6 +123,8 @@ pub struct TcpFlow<S> {
     pub bytes_to_host: u64,
     /// Bytes the guest acknowledged.
     pub bytes_to_guest: u64,
+    /// The TAP takes GSO frames: send up to [`GSO_PAYLOAD`] bytes per frame.
+    pub gso: bool,
     /// The ACK must go now: a duplicate ACK for out-of-order data (RFC 5681 4.2) is what
     /// triggers the guest's fast retransmit, and coalescing it would hide the loss.
     pub ack_now: bool,
@@ -166,6 +172,7 @@ impl<S> TcpFlow<S> {
             forward: None,
             bytes_to_host: 0,
             bytes_to_guest: 0,
+            gso: false,
         }
     }
 
@@ -581,7 +588,8 @@ impl<S> TcpFlow<S> {
                 self.timer.get_or_insert(now + self.rto);
                 break;
             }
-            let len = room.min(self.mss);
+            let max = if self.gso { GSO_PAYLOAD } else { self.mss };
+            let len = room.min(max);
             let mut frame = tx.buffer(offset + len);
             match host.peek(&self.socket, &mut frame[offset..offset + len]) {
                 Ok(0) => {
@@ -597,8 +605,14 @@ impl<S> TcpFlow<S> {
                 Ok(n) => {
                     let header = self.header(TcpControl::None, self.snd_nxt);
                     let (src, dst) = (self.key.remote.ip(), self.key.guest.ip());
-                    let frame_len = finish_tcp_frame(&mut frame, link, src, dst, &header, n);
-                    tx.push(frame, frame_len);
+                    if n > self.mss {
+                        let (frame_len, gso) =
+                            finish_tcp_gso_frame(&mut frame, link, src, dst, &header, n, self.mss);
+                        tx.push_gso(frame, frame_len, gso);
+                    } else {
+                        let frame_len = finish_tcp_frame(&mut frame, link, src, dst, &header, n);
+                        tx.push(frame, frame_len);
+                    }
                     self.snd_nxt = self.snd_nxt.wrapping_add(n as u32);
                     self.ack_due = false;
                     self.timer.get_or_insert(now + self.rto);

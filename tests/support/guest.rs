@@ -123,6 +123,7 @@ pub fn stack_config(mtu: usize) -> StackConfig {
         disable_host_loopback: false,
         dns_upstream: None,
         limits: Limits::default(),
+        gso: false,
     }
 }
 
@@ -201,9 +202,10 @@ impl Harness {
     /// Moves the stack's output onto the guest's wire.
     pub fn collect(&mut self) {
         let mut batch = VecDeque::new();
-        for (frame, len) in self.stack.tx.take() {
-            batch.push_back(frame[..len].to_vec());
-            self.stack.tx.recycle(frame);
+        for frame in self.stack.tx.take() {
+            assert!(frame.gso.is_none(), "no GSO without a vnet header");
+            batch.push_back(frame.buf[..frame.len].to_vec());
+            self.stack.tx.recycle(frame.buf);
         }
         self.impairment.apply(&mut batch);
         if std::env::var_os("TRACE_FRAMES").is_some() {
