@@ -293,14 +293,7 @@ impl<H: Host> Stack<H> {
     }
 
     fn link_to(&self, guest: Ipv4Addr) -> Link {
-        Link {
-            src: self.mac,
-            dst: self
-                .neighbours
-                .get(&guest)
-                .copied()
-                .unwrap_or(EthernetAddress::BROADCAST),
-        }
+        link_for(self.mac, &self.neighbours, guest)
     }
 
     /// When the event loop must call [`Stack::poll_timers`] next.
@@ -712,14 +705,7 @@ impl<H: Host> Stack<H> {
         let Some(flow) = self.tcp.get_mut(index) else {
             return;
         };
-        let link = Link {
-            src: self.mac,
-            dst: self
-                .neighbours
-                .get(&ipv4_of(flow.key.guest.ip()))
-                .copied()
-                .unwrap_or(EthernetAddress::BROADCAST),
-        };
+        let link = link_for(self.mac, &self.neighbours, ipv4_of(flow.key.guest.ip()));
         let mut verdict = Verdict::Keep;
         if flow.state == TcpState::Connecting {
             match self.host.connect_result(&flow.socket) {
@@ -773,14 +759,7 @@ impl<H: Host> Stack<H> {
         let (IpAddr::V4(guest), IpAddr::V4(remote)) = (key.guest.ip(), key.remote.ip()) else {
             return;
         };
-        // Rebuild the start of the guest's SYN for the ICMP quote and the RST.
-        let ip = Ipv4Repr {
-            src_addr: guest,
-            dst_addr: remote,
-            next_header: IpProtocol::Tcp,
-            payload_len: 20,
-            hop_limit: 64,
-        };
+        // Quote the start of the guest's SYN: ports and its sequence number.
         let mut head = [0u8; 8];
         head[..2].copy_from_slice(&key.guest.port().to_be_bytes());
         head[2..4].copy_from_slice(&key.remote.port().to_be_bytes());
@@ -789,7 +768,7 @@ impl<H: Host> Stack<H> {
             Some(libc::ENETUNREACH) => Icmpv4DstUnreachable::NetUnreachable,
             _ => Icmpv4DstUnreachable::HostUnreachable,
         };
-        self.unreachable(&ip, &head, reason);
+        self.unreachable_for_flow(guest, remote, IpProtocol::Tcp, head, reason);
     }
 
     // ---- UDP ----
@@ -989,18 +968,33 @@ impl<H: Host> Stack<H> {
         let (IpAddr::V4(guest), IpAddr::V4(remote)) = (key.guest.ip(), key.remote.ip()) else {
             return;
         };
-        let ip = Ipv4Repr {
-            src_addr: guest,
-            dst_addr: remote,
-            next_header: IpProtocol::Udp,
-            payload_len: 8,
-            hop_limit: 64,
-        };
+        // Quote the UDP header: ports and a length of 8.
         let mut head = [0u8; 8];
         head[..2].copy_from_slice(&key.guest.port().to_be_bytes());
         head[2..4].copy_from_slice(&key.remote.port().to_be_bytes());
         head[4..6].copy_from_slice(&8u16.to_be_bytes());
-        self.unreachable(&ip, &head, Icmpv4DstUnreachable::PortUnreachable);
+        let reason = Icmpv4DstUnreachable::PortUnreachable;
+        self.unreachable_for_flow(guest, remote, IpProtocol::Udp, head, reason);
+    }
+
+    /// ICMP unreachable for a flow whose original datagram is gone: its IP header is rebuilt
+    /// and `head` stands for the first 8 bytes of its payload (RFC 792).
+    fn unreachable_for_flow(
+        &mut self,
+        guest: Ipv4Addr,
+        remote: Ipv4Addr,
+        protocol: IpProtocol,
+        head: [u8; 8],
+        reason: Icmpv4DstUnreachable,
+    ) {
+        let ip = Ipv4Repr {
+            src_addr: guest,
+            dst_addr: remote,
+            next_header: protocol,
+            payload_len: head.len(),
+            hop_limit: 64,
+        };
+        self.unreachable(&ip, &head, reason);
     }
 
     // ---- Port forwards ----
@@ -1373,14 +1367,7 @@ impl<H: Host> Stack<H> {
                 seq_no,
                 data,
             };
-            let link = Link {
-                src: self.mac,
-                dst: self
-                    .neighbours
-                    .get(&flow.key.guest)
-                    .copied()
-                    .unwrap_or(EthernetAddress::BROADCAST),
-            };
+            let link = link_for(self.mac, &self.neighbours, flow.key.guest);
             let mut frame = self.tx.buffer(0);
             let len = frame::build_icmpv4_frame(
                 &mut frame,
@@ -1431,14 +1418,7 @@ impl<H: Host> Stack<H> {
                     }
                     None => continue,
                 }
-                let link = Link {
-                    src: self.mac,
-                    dst: self
-                        .neighbours
-                        .get(&ipv4_of(flow.key.guest.ip()))
-                        .copied()
-                        .unwrap_or(EthernetAddress::BROADCAST),
-                };
+                let link = link_for(self.mac, &self.neighbours, ipv4_of(flow.key.guest.ip()));
                 if flow.state == TcpState::SynSent && link.dst == EthernetAddress::BROADCAST {
                     arp_for.push(ipv4_of(flow.key.guest.ip()));
                 }
@@ -1479,6 +1459,22 @@ impl<H: Host> Stack<H> {
             }
         }
         self.next_sweep = (self.udp.len + self.ping.len > 0).then(|| now + SWEEP_INTERVAL);
+    }
+}
+
+/// Link addresses for a frame to a guest address: its learned MAC, or broadcast until known.
+/// A free function so callers can hold a flow borrowed from the stack meanwhile.
+fn link_for(
+    mac: EthernetAddress,
+    neighbours: &HashMap<Ipv4Addr, EthernetAddress>,
+    guest: Ipv4Addr,
+) -> Link {
+    Link {
+        src: mac,
+        dst: neighbours
+            .get(&guest)
+            .copied()
+            .unwrap_or(EthernetAddress::BROADCAST),
     }
 }
 
