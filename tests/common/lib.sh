@@ -1,4 +1,4 @@
-# Shell library for the namespace tests (tests/namespaces.rs).
+# Shell library for the namespace tests (tests/namespaces.rs, tests/namespaces_forward.rs).
 #
 # This text is prepended to each test's body and the whole runs as
 #   timeout unshare --net --mount --pid --fork --kill-child --mount-proc --propagation private bash -c ...
@@ -312,3 +312,37 @@ wait_listen() {
     done
     die "nothing listens on port $1"
 }
+
+# wait_udp PORT: until a UDP socket is bound to PORT in this namespace (bounded).
+wait_udp() {
+    local i
+    for i in $(seq 200); do
+        [ -n "$(ss -Hlun "sport = :$1")" ] && return 0
+        sleep 0.025
+    done
+    die "nothing bound to UDP port $1"
+}
+
+# listening PROTO PORT: "yes" when a TCP listener (PROTO tcp) or a bound UDP socket (udp) has
+# PORT in this namespace, else "no".
+listening() {
+    local flag=-Hltn
+    [ "$1" = udp ] && flag=-Hlun
+    if [ -n "$(ss "$flag" "sport = :$2")" ]; then echo yes; else echo no; fi
+}
+
+# --- the API socket (tests/namespaces_forward.rs) ----------------------------------------------
+
+# api REQUEST [tool.py api options]: one request on the socket $API, read to EOF (as
+# RootlessKit reads); prints the reply (newlines shown as \n).
+api() { opy api "$API" "$@"; }
+# api_once REQUEST [options]: the same, reading once, at most 2048 bytes (as Podman reads).
+api_once() { opy api "$API" "$@" --once; }
+# add_req PROTO HOSTADDR HOSTPORT GUESTPORT: an add_hostfwd request (guest_addr left out).
+add_req() {
+    printf '{"execute":"add_hostfwd","arguments":{"proto":"%s","host_addr":"%s","host_port":%s,"guest_port":%s}}' "$@"
+}
+# remove_req ID: a remove_hostfwd request.
+remove_req() { printf '{"execute":"remove_hostfwd","arguments":{"id":%s}}' "$1"; }
+LIST_REQ='{"execute":"list_hostfwd"}'
+STATS_REQ='{"execute":"get_stats"}'

@@ -1,13 +1,16 @@
-"""Small servers and clients for the namespace tests (tests/namespaces.rs).
+"""Small servers and clients for the namespace tests (tests/namespaces.rs and
+tests/namespaces_forward.rs).
 
 Only ever talks to the addresses it is given; the tests give it loopback, the guest's
-virtual network (10.0.2.0/24) or the test host (198.18.0.0/15), all inside network
-namespaces the test made itself. Every blocking call has a timeout.
+virtual network (10.0.2.0/24), the test host (198.18.0.0/15), or the helper's API socket
+(a Unix socket in the test's private /tmp), all inside network namespaces the test made
+itself. Every blocking call has a timeout (servers excepted: they die with the test).
 """
 
 import argparse
 import errno
 import hashlib
+import json
 import os
 import socket
 import struct
@@ -22,16 +25,23 @@ def mark_ready(path):
             f.write("ok\n")
 
 
-def serve_tcp(addr, port, handler, ready):
+def log_peer(path, peer):
+    if path:
+        with open(path, "a") as f:
+            f.write("%s:%d\n" % peer[:2])
+
+
+def serve_tcp(addr, port, handler, ready, log=None):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((addr, port))
-    s.listen(16)
+    s.listen(512)
     mark_ready(ready)
     while True:
         c, peer = s.accept()
         c.settimeout(30)
         print("accepted", peer, flush=True)
+        log_peer(log, peer)
         threading.Thread(target=handler, args=(c,), daemon=True).start()
 
 
@@ -48,16 +58,13 @@ def cmd_tcp_download_server(a):
         finally:
             c.close()
 
-    serve_tcp(a.addr, a.port, handle, a.ready)
+    serve_tcp(a.addr, a.port, handle, a.ready, a.log)
 
 
 def cmd_tcp_upload_server(a):
     """Reads to EOF, answers with the sha256 (hex) and the byte count."""
 
     def handle(c):
-        if a.log:
-            with open(a.log, "a") as f:
-                f.write("%s:%d\n" % c.getpeername())
         try:
             h = hashlib.sha256()
             n = 0
@@ -73,11 +80,45 @@ def cmd_tcp_upload_server(a):
         finally:
             c.close()
 
-    serve_tcp(a.addr, a.port, handle, a.ready)
+    serve_tcp(a.addr, a.port, handle, a.ready, a.log)
+
+
+def cmd_tcp_echo_server(a):
+    """Echoes everything until EOF, then closes; logs each peer (ADDR:PORT) to --log."""
+
+    def handle(c):
+        try:
+            while True:
+                b = c.recv(65536)
+                if not b:
+                    break
+                c.sendall(b)
+            c.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            print("error", e, flush=True)
+        finally:
+            c.close()
+
+    serve_tcp(a.addr, a.port, handle, a.ready, a.log)
+
+
+def client_socket(kind, sport):
+    s = socket.socket(socket.AF_INET, kind)
+    if sport:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("", sport))
+    return s
+
+
+def tcp_connect(a):
+    s = client_socket(socket.SOCK_STREAM, getattr(a, "sport", 0))
+    s.settimeout(a.timeout)
+    s.connect((a.host, a.port))
+    return s
 
 
 def cmd_tcp_get(a):
-    s = socket.create_connection((a.host, a.port), timeout=a.timeout)
+    s = tcp_connect(a)
     h = hashlib.sha256()
     n = 0
     while True:
@@ -91,7 +132,7 @@ def cmd_tcp_get(a):
 
 
 def cmd_tcp_put(a):
-    s = socket.create_connection((a.host, a.port), timeout=a.timeout)
+    s = tcp_connect(a)
     with open(a.file, "rb") as f:
         s.sendall(f.read())
     s.shutdown(socket.SHUT_WR)
@@ -103,6 +144,219 @@ def cmd_tcp_put(a):
         out += b
     s.close()
     print(out.decode().strip())
+
+
+def cmd_tcp_echo(a):
+    """Sends --file while reading the echo back (both ways at once); prints the sha256 (hex)
+    and byte count of what came back."""
+    s = tcp_connect(a)
+    data = open(a.file, "rb").read()
+    err = []
+
+    def send():
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            err.append(e)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    h = hashlib.sha256()
+    n = 0
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+    except OSError as e:
+        err.append(e)
+    t.join(a.timeout)
+    s.close()
+    if err:
+        print("ERROR", err[0], "after", n)
+    else:
+        print(h.hexdigest(), n)
+
+
+def wait_file(path, timeout):
+    end = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def cmd_tcp_session(a):
+    """One connection to an echo server, in two rounds: "one", then (after creating --mark)
+    waits for the file --go to appear and sends "two". Prints each echo or the error."""
+    out = []
+    try:
+        s = tcp_connect(a)
+        for i, msg in enumerate([b"one", b"two"]):
+            if i == 1:
+                mark_ready(a.mark)
+                if not wait_file(a.go, a.timeout):
+                    out.append("NOGO")
+                    break
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                b = s.recv(len(msg) - len(got))
+                if not b:
+                    break
+                got += b
+            out.append(got.decode() or "EOF")
+        s.close()
+    except socket.timeout:
+        out.append("TIMEOUT")
+    except OSError as e:
+        out.append("ERROR " + errno.errorcode.get(e.errno, str(e.errno)))
+    print(" ".join(out))
+
+
+def cmd_tcp_parallel(a):
+    """Opens --count connections at once to an echo server; each sends its own line,
+    half-closes and reads to EOF. Prints how many got their own line back, and the
+    failures by kind."""
+    ok = []
+    bad = []
+    lock = threading.Lock()
+    start = threading.Event()
+
+    def one(i):
+        msg = ("conn-%d\n" % i).encode()
+        try:
+            start.wait()
+            s = socket.create_connection((a.host, a.port), timeout=a.timeout)
+            s.sendall(msg)
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while True:
+                b = s.recv(4096)
+                if not b:
+                    break
+                got += b
+            s.close()
+            r = "ok" if got == msg else "mismatch"
+        except socket.timeout:
+            r = "timeout"
+        except OSError as e:
+            r = errno.errorcode.get(e.errno, str(e.errno))
+        with lock:
+            (ok if r == "ok" else bad).append(r)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(a.count)]
+    for t in threads:
+        t.start()
+    start.set()
+    for t in threads:
+        t.join(a.timeout + 5)
+    kinds = {}
+    for r in bad:
+        kinds[r] = kinds.get(r, 0) + 1
+    print(len(ok), " ".join("%s=%d" % kv for kv in sorted(kinds.items())) or "-")
+
+
+def cmd_udp_clients(a):
+    """--count UDP sockets send "client-I" each (all before any reply is read); prints what
+    each got back, in order, space-separated (retries lost datagrams)."""
+    socks = []
+    for i in range(a.count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(a.timeout)
+        s.connect((a.host, a.port))
+        socks.append(s)
+    got = [None] * a.count
+    for _ in range(a.tries):
+        for i, s in enumerate(socks):
+            if got[i] is None:
+                s.send(("client-%d" % i).encode())
+        for i, s in enumerate(socks):
+            if got[i] is None:
+                try:
+                    got[i] = s.recv(65535).decode()
+                except socket.timeout:
+                    pass
+                except OSError as e:
+                    got[i] = "ERROR " + errno.errorcode.get(e.errno, str(e.errno))
+        if all(g is not None for g in got):
+            break
+    print(" ".join(g if g is not None else "TIMEOUT" for g in got))
+
+
+# --- the API socket ---------------------------------------------------------------------------
+
+def cmd_api(a):
+    """Sends one request (--pad: padded with spaces to that many bytes) to the API socket,
+    half-closes, and prints the reply with newlines shown as \\n (the protocol has none).
+    --once reads a single time, at most 2048 bytes, as Podman does; otherwise it reads to
+    EOF, as RootlessKit does (a reset after the reply counts as the end). --get PATH prints
+    one field of the JSON reply instead (dotted, list indices as numbers)."""
+    req = a.request.encode()
+    req += b" " * max(0, a.pad - len(req))
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(a.timeout)
+    try:
+        s.connect(a.socket)
+        try:
+            s.sendall(req)
+            s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        if a.once:
+            reply = s.recv(2048)
+        else:
+            reply = b""
+            while True:
+                try:
+                    b = s.recv(65536)
+                except ConnectionResetError:
+                    if reply:
+                        break
+                    raise
+                if not b:
+                    break
+                reply += b
+    except socket.timeout:
+        print("TIMEOUT")
+        return
+    except OSError as e:
+        print("ERROR", errno.errorcode.get(e.errno, str(e.errno)))
+        return
+    finally:
+        s.close()
+    text = reply.decode("utf-8", "replace")
+    if a.get:
+        try:
+            v = json.loads(text)
+            for key in a.get.split("."):
+                v = v[int(key)] if isinstance(v, list) else v[key]
+            print(v)
+        except (ValueError, KeyError, IndexError, TypeError):
+            print("NOFIELD", text.replace("\n", "\\n"))
+        return
+    print(text.replace("\n", "\\n") if text else "EMPTY")
+
+
+def cmd_api_hold(a):
+    """Connects to the API socket and sends nothing for --seconds (an idle client); then
+    prints what the server did meanwhile: CLOSED (EOF came), or HELD."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(a.seconds)
+    s.connect(a.socket)
+    mark_ready(a.ready)
+    try:
+        b = s.recv(4096)
+        print("CLOSED" if not b else "DATA " + b.decode("utf-8", "replace"), flush=True)
+    except socket.timeout:
+        print("HELD", flush=True)
+    except OSError as e:
+        print("ERROR", errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+    s.close()
 
 
 def cmd_udp_echo_server(a):
@@ -121,7 +375,7 @@ def cmd_udp_echo_server(a):
 def cmd_udp_echo(a):
     """Sends a datagram, prints the reply; retries a few times (UDP may lose the first one
     while ARP resolves)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = client_socket(socket.SOCK_DGRAM, a.sport)
     s.settimeout(a.timeout)
     s.connect((a.host, a.port))
     msg = a.message.encode()
@@ -317,8 +571,11 @@ def main():
         sp.set_defaults(fn=fn)
         return sp
 
-    server("tcp-download-server", cmd_tcp_download_server).add_argument("--file", required=True)
+    dl = server("tcp-download-server", cmd_tcp_download_server)
+    dl.add_argument("--file", required=True)
+    dl.add_argument("--log")
     server("tcp-upload-server", cmd_tcp_upload_server).add_argument("--log")
+    server("tcp-echo-server", cmd_tcp_echo_server).add_argument("--log")
     server("udp-echo-server", cmd_udp_echo_server).add_argument("--log")
     server("dns-server", cmd_dns_server).add_argument("--record", action="append", default=[])
 
@@ -330,13 +587,39 @@ def main():
         sp.set_defaults(fn=fn)
         return sp
 
-    client("tcp-get", cmd_tcp_get)
-    client("tcp-put", cmd_tcp_put).add_argument("--file", required=True)
+    client("tcp-get", cmd_tcp_get).add_argument("--sport", type=int, default=0)
+    tp = client("tcp-put", cmd_tcp_put)
+    tp.add_argument("--file", required=True)
+    tp.add_argument("--sport", type=int, default=0)
+    client("tcp-echo", cmd_tcp_echo).add_argument("--file", required=True)
+    ts = client("tcp-session", cmd_tcp_session)
+    ts.add_argument("--mark", required=True)
+    ts.add_argument("--go", required=True)
+    client("tcp-parallel", cmd_tcp_parallel).add_argument("--count", type=int, default=200)
     u = client("udp-echo", cmd_udp_echo)
     u.add_argument("--message", default="hello")
     u.add_argument("--tries", type=int, default=5)
+    u.add_argument("--sport", type=int, default=0)
     u.set_defaults(timeout=1.0)
+    uc = client("udp-clients", cmd_udp_clients)
+    uc.add_argument("--count", type=int, default=2)
+    uc.add_argument("--tries", type=int, default=5)
+    uc.set_defaults(timeout=1.0)
     client("connect-probe", cmd_connect_probe)
+
+    ap = sub.add_parser("api")
+    ap.add_argument("socket")
+    ap.add_argument("request")
+    ap.add_argument("--once", action="store_true")
+    ap.add_argument("--pad", type=int, default=0, help="pad with spaces to this length")
+    ap.add_argument("--get")
+    ap.add_argument("--timeout", type=float, default=5)
+    ap.set_defaults(fn=cmd_api)
+    ah = sub.add_parser("api-hold")
+    ah.add_argument("socket")
+    ah.add_argument("--seconds", type=float, default=20)
+    ah.add_argument("--ready")
+    ah.set_defaults(fn=cmd_api_hold)
 
     q = sub.add_parser("dns-query")
     q.add_argument("server")
