@@ -74,6 +74,8 @@ pub struct Impairment {
     /// Swap a frame with the next one in this many (0: none).
     pub reorder_one_in: u64,
     pub seed: u64,
+    /// Each direction's latency: a round trip takes twice this.
+    pub one_way_delay: Duration,
 }
 
 impl Impairment {
@@ -109,6 +111,9 @@ impl Impairment {
 
 pub struct Harness {
     pub impairment: Impairment,
+    /// Frames on the delayed link, with the time they arrive.
+    to_stack: VecDeque<(Instant, Vec<u8>)>,
+    to_guest: VecDeque<(Instant, Vec<u8>)>,
     pub stack: Stack<SystemHost>,
     pub iface: Interface,
     pub sockets: SocketSet<'static>,
@@ -152,6 +157,8 @@ impl Harness {
             .unwrap();
         Harness {
             impairment: Impairment::default(),
+            to_stack: VecDeque::new(),
+            to_guest: VecDeque::new(),
             stack,
             iface,
             sockets: SocketSet::new(vec![]),
@@ -170,20 +177,11 @@ impl Harness {
         self.iface.poll(now, &mut self.wire, &mut self.sockets);
         self.impairment.apply(&mut self.wire.from_guest);
         let now = Instant::now();
-        if std::env::var_os("TRACE_FRAMES").is_some() {
-            for f in &self.wire.from_guest {
-                if f.len() > 54 && f[23] == 6 {
-                    let seq = u32::from_be_bytes([f[38], f[39], f[40], f[41]]);
-                    eprintln!(
-                        "{:?} guest seq {seq} len {} flags {:x}",
-                        self.start.elapsed(),
-                        f.len() - 54,
-                        f[47]
-                    );
-                }
-            }
-        }
-        while let Some(frame) = self.wire.from_guest.pop_front() {
+        let release = now + self.impairment.one_way_delay;
+        self.to_stack
+            .extend(self.wire.from_guest.drain(..).map(|frame| (release, frame)));
+        while self.to_stack.front().is_some_and(|(at, _)| *at <= now) {
+            let (_, frame) = self.to_stack.pop_front().expect("checked");
             self.stack.handle_frame(now, &frame);
         }
         self.stack.flush(now);
@@ -195,11 +193,16 @@ impl Harness {
         }
         self.stack.flush(now);
         self.collect();
+        let now = Instant::now();
+        while self.to_guest.front().is_some_and(|(at, _)| *at <= now) {
+            let (_, frame) = self.to_guest.pop_front().expect("checked");
+            self.wire.to_guest.push_back(frame);
+        }
         let now = self.guest_now();
         self.iface.poll(now, &mut self.wire, &mut self.sockets);
     }
 
-    /// Moves the stack's output onto the guest's wire.
+    /// Moves the stack's output onto the guest's wire (after the link's delay).
     pub fn collect(&mut self) {
         let mut batch = VecDeque::new();
         for frame in self.stack.tx.take() {
@@ -208,22 +211,13 @@ impl Harness {
             self.stack.tx.recycle(frame.buf);
         }
         self.impairment.apply(&mut batch);
-        if std::env::var_os("TRACE_FRAMES").is_some() {
-            for f in &batch {
-                if f.len() >= 54 && f[23] == 6 {
-                    let seq = u32::from_be_bytes([f[38], f[39], f[40], f[41]]);
-                    let ack = u32::from_be_bytes([f[42], f[43], f[44], f[45]]);
-                    let win = u16::from_be_bytes([f[48], f[49]]);
-                    eprintln!(
-                        "{:?} stack seq {seq} ack {ack} win {win} len {} flags {:x}",
-                        self.start.elapsed(),
-                        f.len() - 54,
-                        f[47]
-                    );
-                }
-            }
+        let release = Instant::now() + self.impairment.one_way_delay;
+        if self.impairment.one_way_delay.is_zero() {
+            self.wire.to_guest.extend(batch);
+        } else {
+            self.to_guest
+                .extend(batch.into_iter().map(|frame| (release, frame)));
         }
-        self.wire.to_guest.extend(batch);
     }
 
     /// Steps until `done` or the deadline; panics on timeout with `what`.
