@@ -31,6 +31,8 @@ use std::time::Instant;
 
 /// The shell library every test body runs after.
 pub const LIB_SH: &str = include_str!("lib.sh");
+/// Engine helpers (Podman, RootlessKit) for tests/engines.rs, appended after [`LIB_SH`].
+pub const ENGINES_SH: &str = include_str!("engines.sh");
 /// Small servers and clients (TCP, UDP, DNS) the bodies run with python3.
 pub const TOOL_PY: &str = include_str!("tool.py");
 /// The unprivileged user the rootless tests run as (created if missing).
@@ -123,6 +125,28 @@ fn check_tools() {
     );
 }
 
+/// Panics unless every command in `tools` is on the PATH (or is an existing path). For tests
+/// that need more than [`check_tools`] covers (the engine tests: podman, runc, rootlesskit,
+/// newuidmap): once root, a missing tool is a failure, never a skip.
+pub fn require_tools(test: &str, tools: &[&str]) {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{test}: missing tools: {} (`sudo bash .ci/run` installs them)",
+        missing.join(" ")
+    );
+}
+
 /// Creates the unprivileged test user if missing and opens /dev/net/tun to everyone (as CI
 /// does), once per test process.
 pub fn ensure_test_user() {
@@ -161,6 +185,55 @@ pub fn ensure_test_user() {
     if let Err(e) = r {
         panic!("{e}");
     }
+}
+
+/// Size of the subordinate id ranges the engine tests give [`TEST_USER`].
+pub const SUBID_COUNT: u64 = 65536;
+
+/// [`ensure_test_user`], plus entries for [`TEST_USER`] in `/etc/subuid` and `/etc/subgid`
+/// (what rootless Podman and RootlessKit map through `newuidmap`/`newgidmap`), each a fresh
+/// range of [`SUBID_COUNT`] ids above every range already there. Once per test process;
+/// existing entries for the user are kept as they are.
+pub fn ensure_test_user_subids() {
+    ensure_test_user();
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = DONE.get_or_init(|| {
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            add_subid_range(file)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        panic!("{e}");
+    }
+}
+
+fn add_subid_range(file: &str) -> Result<(), String> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("reading {file}: {e}")),
+    };
+    let mut end = 100_000u64;
+    for line in text.lines() {
+        let mut fields = line.split(':');
+        let (Some(owner), Some(start), Some(count)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if owner == TEST_USER {
+            return Ok(());
+        }
+        if let (Ok(start), Ok(count)) = (start.parse::<u64>(), count.parse::<u64>()) {
+            end = end.max(start + count);
+        }
+    }
+    let mut new = text;
+    if !new.is_empty() && !new.ends_with('\n') {
+        new.push('\n');
+    }
+    new.push_str(&format!("{TEST_USER}:{end}:{SUBID_COUNT}\n"));
+    std::fs::write(file, new).map_err(|e| format!("writing {file}: {e}"))
 }
 
 /// What a test script printed.
@@ -256,6 +329,12 @@ impl Outcome {
 /// test is skipped (not root, no CI). Panics, with everything the script printed, when the
 /// script fails or does not reach its end.
 pub fn run(name: &str, body: &str) -> Option<Outcome> {
+    run_with_timeout(name, body, SCRIPT_TIMEOUT_SECS)
+}
+
+/// [`run`] with another bound than [`SCRIPT_TIMEOUT_SECS`] for the whole script (the engine
+/// tests start Podman and RootlessKit, which take longer than the helper alone).
+pub fn run_with_timeout(name: &str, body: &str, timeout_secs: u32) -> Option<Outcome> {
     if !require_root(name) {
         return None;
     }
@@ -263,7 +342,7 @@ pub fn run(name: &str, body: &str) -> Option<Outcome> {
     let script = format!("{LIB_SH}\n# ---- test body: {name}\n{body}\nresult done yes\n");
     let started = Instant::now();
     let output = Command::new("timeout")
-        .args(["-k", "5", &SCRIPT_TIMEOUT_SECS.to_string()])
+        .args(["-k", "5", &timeout_secs.to_string()])
         .args([
             "unshare",
             "--net",
@@ -309,9 +388,7 @@ pub fn run(name: &str, body: &str) -> Option<Outcome> {
         eprintln!("  {k} = {v}");
     }
     if out.code == Some(124) || out.code == Some(137) {
-        out.fail(&format!(
-            "test script timed out after {SCRIPT_TIMEOUT_SECS}s"
-        ));
+        out.fail(&format!("test script timed out after {timeout_secs}s"));
     }
     if !output.status.success() || out.results.get("done").map(String::as_str) != Some("yes") {
         out.fail("test script failed");
