@@ -195,20 +195,16 @@ start_guest root
 start_helper -c --mtu="$MTU" "$GUEST" tap0
 "#;
 
-/// 1 MiB down and up, intact, between the guest and a server on the host's 127.0.0.1 reached
-/// through the gateway 10.0.2.2.
-#[test]
-fn tcp_host_loopback_download_upload() {
-    let Some(out) = run(
-        "tcp_host_loopback_download_upload",
-        &format!(
-            "MTU=1500\n{TCP_BODY}\n{}",
-            r#"
-result down "$(gpy tcp-get 10.0.2.2 8080 2>&1)"
-result up "$(gpy tcp-put 10.0.2.2 8081 --file "$T/payload" 2>&1)"
+/// 1 MiB down and up, intact, between the guest and servers at `server` (whose port 8080
+/// serves the payload and 8081 takes it back), at `mtu`.
+fn tcp_download_upload(name: &str, mtu: u32, server: &str) {
+    let checks = format!(
+        r#"
+result down "$(gpy tcp-get {server} 8080 2>&1)"
+result up "$(gpy tcp-put {server} 8081 --file "$T/payload" 2>&1)"
 "#
-        ),
-    ) else {
+    );
+    let Some(out) = run(name, &format!("MTU={mtu}\n{TCP_BODY}\n{checks}")) else {
         return;
     };
     let want = out.get("want").to_string();
@@ -216,25 +212,16 @@ result up "$(gpy tcp-put 10.0.2.2 8081 --file "$T/payload" 2>&1)"
     out.expect_eq("up", &want);
 }
 
-/// 1 MiB down and up, intact, between the guest and the remote test host 198.18.0.2, at the
-/// MTU engines use.
+/// Through the gateway 10.0.2.2 to servers on the host's 127.0.0.1.
+#[test]
+fn tcp_host_loopback_download_upload() {
+    tcp_download_upload("tcp_host_loopback_download_upload", 1500, "10.0.2.2");
+}
+
+/// To the remote test host 198.18.0.2, at the MTU engines use.
 #[test]
 fn tcp_remote_host_download_upload() {
-    let Some(out) = run(
-        "tcp_remote_host_download_upload",
-        &format!(
-            "MTU=65520\n{TCP_BODY}\n{}",
-            r#"
-result down "$(gpy tcp-get 198.18.0.2 8080 2>&1)"
-result up "$(gpy tcp-put 198.18.0.2 8081 --file "$T/payload" 2>&1)"
-"#
-        ),
-    ) else {
-        return;
-    };
-    let want = out.get("want").to_string();
-    out.expect_eq("down", &want);
-    out.expect_eq("up", &want);
+    tcp_download_upload("tcp_remote_host_download_upload", 65520, "198.18.0.2");
 }
 
 /// A destination the host cannot reach (no one answers ARP for it on the test host's link)

@@ -49,6 +49,9 @@ setup_outer() {
     # Private scratch space, gone with the mount namespace.
     mount -t tmpfs -o mode=1777 slirpnet-test /tmp
     T=/tmp
+    # The checkout may live under /tmp, now hidden: work from a directory that exists for
+    # everything started from here (Podman chdirs to its caller's directory by path).
+    cd "$T"
     trap 'on_exit $?' EXIT
     mkdir -p "$T/bin" "$T/run"
     chmod 0755 "$T/bin"
