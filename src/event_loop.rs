@@ -39,12 +39,33 @@ const FRAME_BUFFER: usize = 65536 + 64;
 pub struct SystemHost {
     epoll: Epoll,
     outbound: Option<Ipv4Addr>,
+    loopback_only: bool,
 }
 
 impl SystemHost {
     pub fn new(outbound: Option<Ipv4Addr>) -> io::Result<Self> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        Ok(SystemHost { epoll, outbound })
+        Ok(SystemHost {
+            epoll,
+            outbound,
+            loopback_only: false,
+        })
+    }
+
+    /// A host that refuses every destination but loopback (`ENETUNREACH`): for tests and
+    /// benchmarks that drive the stack in the machine's own network namespace, so that no
+    /// guest frame, however random, can make a connection leave the machine.
+    pub fn loopback_only() -> io::Result<Self> {
+        let mut host = SystemHost::new(None)?;
+        host.loopback_only = true;
+        Ok(host)
+    }
+
+    fn check_destination(&self, dst: IpAddr) -> io::Result<()> {
+        if self.loopback_only && !dst.is_loopback() {
+            return Err(io::Error::from_raw_os_error(libc::ENETUNREACH));
+        }
+        Ok(())
     }
 
     fn register(&self, socket: &Socket, token: Token, flags: EpollFlags) -> io::Result<()> {
@@ -74,6 +95,7 @@ impl Host for SystemHost {
     type Socket = Socket;
 
     fn tcp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<Socket> {
+        self.check_destination(dst.ip())?;
         let socket = Socket::new(
             Domain::for_address(dst),
             Type::STREAM.nonblocking().cloexec(),
@@ -146,6 +168,7 @@ impl Host for SystemHost {
     }
 
     fn udp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<Socket> {
+        self.check_destination(dst.ip())?;
         let socket = Socket::new(
             Domain::for_address(dst),
             Type::DGRAM.nonblocking().cloexec(),
@@ -235,6 +258,7 @@ impl Host for SystemHost {
     }
 
     fn ping_connect(&mut self, dst: IpAddr, token: Token) -> io::Result<(Socket, PingKind)> {
+        self.check_destination(dst)?;
         let domain = Domain::for_address(SocketAddr::new(dst, 0));
         let protocol = match dst {
             IpAddr::V4(_) => Protocol::ICMPV4,

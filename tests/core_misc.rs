@@ -233,6 +233,11 @@ fn random_frames_are_dropped_and_counted_and_the_stack_keeps_working() {
             frame[26..30].copy_from_slice(&[10, 0, 2, 100]);
             frame[23] = [6u8, 17, 1][i % 3];
         }
+        // Whatever they ask for, only the gateway (host loopback) may be their destination;
+        // the harness's host refuses anything else besides.
+        if frame.len() > 34 && frame[12..14] == [0x08, 0x00] {
+            frame[30..34].copy_from_slice(&[10, 0, 2, 2]);
+        }
         h.stack.handle_frame(now, &frame);
     }
     h.stack.flush(now);
@@ -278,4 +283,26 @@ fn udp_flow_limit_drops_new_flows_and_counts_them() {
     assert!(h.sockets.get_mut::<udp::Socket>(s).recv().is_err());
     assert_eq!(h.stack.udp_flow_count(), 2);
     assert_eq!(h.stack.counters.dropped_flow_limit, 1);
+}
+
+#[test]
+fn a_connect_the_host_cannot_route_answers_network_unreachable() {
+    // The harness's host refuses every non-loopback destination with ENETUNREACH, as a host
+    // without a route would: the guest must get ICMP network unreachable, not a hang.
+    let mut h = Harness::new(stack_config(1500));
+    let s = h.tcp_socket(4096);
+    h.connect(s, SocketAddr::from(([198, 18, 0, 9], 80)), 41001);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let code = loop {
+        assert!(Instant::now() < deadline, "no ICMP unreachable");
+        if let Some(code) = stack_answers(&mut h)
+            .iter()
+            .find_map(|f| icmp_unreachable_code(f))
+        {
+            break code;
+        }
+        h.step();
+    };
+    assert_eq!(code, 0, "network unreachable");
+    assert_eq!(h.stack.tcp_flow_count(), 0);
 }

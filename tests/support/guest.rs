@@ -136,7 +136,8 @@ impl Harness {
     pub fn new(config: StackConfig) -> Self {
         let mtu = config.mtu;
         let start = Instant::now();
-        let stack = Stack::new(SystemHost::new(None).unwrap(), config, start);
+        // Loopback only: no guest frame in a test can reach beyond this machine.
+        let stack = Stack::new(SystemHost::loopback_only().unwrap(), config, start);
         let mut wire = Wire {
             mtu,
             ..Wire::default()
