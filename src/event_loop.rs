@@ -180,6 +180,20 @@ impl Host for SystemHost {
         Ok(socket)
     }
 
+    fn send_segments(&mut self, socket: &Socket, buf: &[u8], segment: usize) -> io::Result<usize> {
+        let segment = u16::try_from(segment).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let iov = [IoSlice::new(buf)];
+        let cmsg = [nix::sys::socket::ControlMessage::UdpGsoSegments(&segment)];
+        nix::sys::socket::sendmsg::<()>(
+            socket.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(io::Error::from)
+    }
+
     fn recv(&mut self, socket: &Socket, buf: &mut [u8]) -> io::Result<usize> {
         nix::sys::socket::recv(socket.as_raw_fd(), buf, MsgFlags::empty()).map_err(would_block_or)
     }

@@ -39,6 +39,14 @@ pub trait Host {
     /// A UDP socket connected to `dst`.
     fn udp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<Self::Socket>;
     fn recv(&mut self, socket: &Self::Socket, buf: &mut [u8]) -> io::Result<usize>;
+    /// Sends `buf` as datagrams of `segment` bytes (the last may be shorter) in one call
+    /// (UDP GSO); an error means nothing was sent.
+    fn send_segments(
+        &mut self,
+        socket: &Self::Socket,
+        buf: &[u8],
+        segment: usize,
+    ) -> io::Result<usize>;
 
     /// A listening TCP socket for a port forward; returns it with the address it is bound to
     /// (port 0 picks one).

@@ -157,7 +157,25 @@ struct UdpFlow<S> {
     end: UdpEnd<S>,
     last_active: Instant,
     idle: Duration,
+    /// Datagrams from the guest waiting for the end of the batch.
+    batch: UdpBatch,
 }
+
+/// Guest datagrams of one flow collected during a batch of frames and sent to the host in
+/// one `sendmsg` with `UDP_SEGMENT` (GSO): the kernel splits them back into the same
+/// datagrams, at a fraction of the per-datagram cost of one `send()` each.
+#[derive(Default)]
+struct UdpBatch {
+    bytes: Vec<u8>,
+    /// Size of every datagram but possibly the last.
+    segment: usize,
+    count: usize,
+}
+
+/// Datagrams per GSO send (the kernel allows up to 64 or 128, depending on its version).
+const UDP_GSO_MAX_SEGMENTS: usize = 64;
+/// Payload bytes per GSO send: one IPv4 packet's worth.
+const UDP_GSO_MAX_BYTES: usize = 65535 - 20 - 8;
 
 /// Where a UDP flow's datagrams go on the host.
 enum UdpEnd<S> {
@@ -205,6 +223,8 @@ pub struct Stack<H: Host> {
     acks_due: Vec<usize>,
     /// TCP flows with guest data to send to the host at the end of this batch.
     flushes_due: Vec<usize>,
+    /// UDP flows with guest datagrams to send at the end of this batch.
+    udp_batches_due: Vec<usize>,
     pub tx: Tx,
     pub counters: Counters,
     next_iss: u32,
@@ -244,6 +264,7 @@ impl<H: Host> Stack<H> {
             last_forward_id: 0,
             acks_due: Vec::new(),
             flushes_due: Vec::new(),
+            udp_batches_due: Vec::new(),
             tx: Tx::default(),
             counters: Counters::default(),
             next_iss: seed.wrapping_mul(2_654_435_761) | 1,
@@ -328,6 +349,12 @@ impl<H: Host> Stack<H> {
 
     /// Call after a batch of frames: sends the ACKs the batch made due (one per flow).
     pub fn flush(&mut self, now: Instant) {
+        let udp_batches = std::mem::take(&mut self.udp_batches_due);
+        for &index in &udp_batches {
+            self.send_udp_batch(index);
+        }
+        self.udp_batches_due = udp_batches;
+        self.udp_batches_due.clear();
         let flushes = std::mem::take(&mut self.flushes_due);
         for &index in &flushes {
             let Some(flow) = self.tcp.get_mut(index) else {
@@ -847,6 +874,7 @@ impl<H: Host> Stack<H> {
                     end: UdpEnd::Own(socket),
                     last_active: now,
                     idle,
+                    batch: UdpBatch::default(),
                 });
                 self.udp_index.insert(key, index);
                 self.counters.udp_flows_opened += 1;
@@ -856,6 +884,29 @@ impl<H: Host> Stack<H> {
         };
         let flow = self.udp.get_mut(index).expect("index maps only live flows");
         flow.last_active = now;
+        if matches!(flow.end, UdpEnd::Own(_)) && !payload.is_empty() {
+            let batch = &flow.batch;
+            let fits = batch.count == 0
+                || (payload.len() <= batch.segment
+                    && batch.count < UDP_GSO_MAX_SEGMENTS
+                    && batch.bytes.len() + payload.len() <= UDP_GSO_MAX_BYTES);
+            if !fits {
+                self.send_udp_batch(index);
+            }
+            let flow = self.udp.get_mut(index).expect("index maps only live flows");
+            let batch = &mut flow.batch;
+            if batch.count == 0 {
+                batch.segment = payload.len();
+                self.udp_batches_due.push(index);
+            }
+            batch.bytes.extend_from_slice(payload);
+            batch.count += 1;
+            if payload.len() < batch.segment {
+                // Only the last datagram of a GSO send may be shorter.
+                self.send_udp_batch(index);
+            }
+            return;
+        }
         let result = match &flow.end {
             UdpEnd::Own(socket) => self.host.send(socket, payload),
             UdpEnd::Forward { id, client } => {
@@ -873,6 +924,38 @@ impl<H: Host> Stack<H> {
         if let Err(e) = result {
             tracing::trace!(error = %e, "udp send failed");
         }
+    }
+
+    /// Sends a flow's collected datagrams: one GSO send, or one datagram at a time where the
+    /// kernel refuses GSO (for example datagrams larger than the route's MTU).
+    fn send_udp_batch(&mut self, index: usize) {
+        let Some(flow) = self.udp.get_mut(index) else {
+            return;
+        };
+        let UdpEnd::Own(socket) = &flow.end else {
+            return;
+        };
+        let batch = &mut flow.batch;
+        if batch.count == 0 {
+            return;
+        }
+        let result = if batch.count == 1 {
+            self.host.send(socket, &batch.bytes)
+        } else {
+            self.host
+                .send_segments(socket, &batch.bytes, batch.segment)
+                .or_else(|_| {
+                    for datagram in batch.bytes.chunks(batch.segment) {
+                        self.host.send(socket, datagram)?;
+                    }
+                    Ok(batch.bytes.len())
+                })
+        };
+        if let Err(e) = result {
+            tracing::trace!(error = %e, "udp send failed");
+        }
+        batch.bytes.clear();
+        batch.count = 0;
     }
 
     fn send_dhcp_reply(&mut self, reply: dhcp::DhcpReply) {
@@ -1215,6 +1298,7 @@ impl<H: Host> Stack<H> {
                         },
                         last_active: now,
                         idle: UDP_IDLE,
+                        batch: UdpBatch::default(),
                     });
                     self.udp_index.insert(key, flow_index);
                     self.counters.udp_flows_opened += 1;
