@@ -36,14 +36,14 @@ fn step_timed(h: &mut Harness, in_stack: &mut Duration, frames: &mut u64) {
         h.stack.handle_frame(t, &frame);
         *frames += 1;
     }
-    h.stack.flush(t);
+    h.stack.flush();
     *in_stack += t.elapsed();
     *frames += h.stack.tx.frames.len() as u64;
     h.collect();
     let t = Instant::now();
     dispatch_host_events(&mut h.stack, 0).unwrap();
     h.stack.poll_timers(Instant::now());
-    h.stack.flush(Instant::now());
+    h.stack.flush();
     *in_stack += t.elapsed();
     *frames += h.stack.tx.frames.len() as u64;
     h.collect();

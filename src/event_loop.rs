@@ -381,7 +381,7 @@ pub fn block_signals() -> io::Result<SigSet> {
     Ok(set)
 }
 
-pub struct EventLoop<'a> {
+pub struct EventLoop {
     pub stack: Stack<SystemHost>,
     /// The TAP was opened with `IFF_VNET_HDR`: every frame carries a virtio-net header.
     pub vnet_hdr: bool,
@@ -391,10 +391,9 @@ pub struct EventLoop<'a> {
     pub signals: SigSet,
     /// Run mode: the command whose exit ends the loop.
     pub child: Option<Pid>,
-    pub _marker: std::marker::PhantomData<&'a ()>,
 }
 
-impl EventLoop<'_> {
+impl EventLoop {
     pub fn run(mut self) -> io::Result<Exit> {
         let signal_fd = SignalFd::with_flags(
             &self.signals,
@@ -470,7 +469,7 @@ impl EventLoop<'_> {
             if self.stack.poll_at().is_some_and(|at| at <= now) {
                 self.stack.poll_timers(now);
             }
-            self.stack.flush(now);
+            self.stack.flush();
             self.write_frames()?;
         }
     }
@@ -517,7 +516,7 @@ impl EventLoop<'_> {
             // Keep output moving during long bursts so the guest's ACKs are not delayed
             // behind a whole batch of input.
             if self.stack.tx.frames.len() >= TAP_BATCH {
-                self.stack.flush(now);
+                self.stack.flush();
                 self.write_frames()?;
             }
         }

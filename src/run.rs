@@ -103,7 +103,6 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
         exit_fd: config.exit_fd,
         signals,
         child: child_pid,
-        _marker: std::marker::PhantomData,
     };
     match event_loop.run()? {
         Exit::Requested => Ok(0),

@@ -133,7 +133,7 @@ fn stack_answers(h: &mut Harness) -> Vec<Vec<u8>> {
     while let Some(frame) = h.wire.from_guest.pop_front() {
         h.stack.handle_frame(Instant::now(), &frame);
     }
-    h.stack.flush(Instant::now());
+    h.stack.flush();
     let frames: Vec<Vec<u8>> = h
         .stack
         .tx
@@ -240,7 +240,7 @@ fn random_frames_are_dropped_and_counted_and_the_stack_keeps_working() {
         }
         h.stack.handle_frame(now, &frame);
     }
-    h.stack.flush(now);
+    h.stack.flush();
     let _ = h.stack.tx.take();
     let c = &h.stack.counters;
     assert_eq!(c.frames_in, 10_000);

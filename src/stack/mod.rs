@@ -347,8 +347,9 @@ impl<H: Host> Stack<H> {
         }
     }
 
-    /// Call after a batch of frames: sends the ACKs the batch made due (one per flow).
-    pub fn flush(&mut self, now: Instant) {
+    /// Call after a batch of frames: sends the guest data and datagrams the batch collected,
+    /// then the ACKs it made due (one per flow).
+    pub fn flush(&mut self) {
         let udp_batches = std::mem::take(&mut self.udp_batches_due);
         for &index in &udp_batches {
             self.send_udp_batch(index);
@@ -373,7 +374,6 @@ impl<H: Host> Stack<H> {
         self.flushes_due.clear();
         let due = std::mem::take(&mut self.acks_due);
         for index in &due {
-            let link_mss = self.link_mss();
             let Some(flow) = self.tcp.get_mut(*index) else {
                 continue;
             };
@@ -383,12 +383,10 @@ impl<H: Host> Stack<H> {
                 let link = self.link_to(ipv4_of(guest));
                 self.tx.push_tcp(link, src, guest, &header);
             }
-            let _ = link_mss;
         }
         self.acks_due = due;
         self.acks_due.clear();
         self.counters.frames_out += self.tx.frames.len() as u64;
-        let _ = now;
     }
 
     fn handle_arp(&mut self, src_mac: EthernetAddress, payload: &[u8]) {
@@ -561,7 +559,7 @@ impl<H: Host> Stack<H> {
             remote: SocketAddr::new(ip.dst_addr.into(), packet.dst_port()),
         };
         let Some(&index) = self.tcp_index.get(&key) else {
-            self.handle_tcp_no_flow(now, ip, l4, key, &segment);
+            self.handle_tcp_no_flow(ip, l4, key, &segment);
             return;
         };
         let link_mss = self.link_mss();
@@ -594,14 +592,7 @@ impl<H: Host> Stack<H> {
         self.apply_verdict(index, verdict);
     }
 
-    fn handle_tcp_no_flow(
-        &mut self,
-        now: Instant,
-        ip: &Ipv4Repr,
-        l4: &[u8],
-        key: FlowKey,
-        segment: &Segment,
-    ) {
+    fn handle_tcp_no_flow(&mut self, ip: &Ipv4Repr, l4: &[u8], key: FlowKey, segment: &Segment) {
         if segment.rst {
             return;
         }
@@ -640,10 +631,7 @@ impl<H: Host> Stack<H> {
                 self.counters.tcp_flows_opened += 1;
                 tracing::trace!(guest = %key.guest, remote = %key.remote, "tcp connect");
             }
-            Err(e) => {
-                let _ = now;
-                self.connect_failed(ip, l4, key, segment, &e);
-            }
+            Err(e) => self.connect_failed(ip, l4, key, segment, &e),
         }
     }
 

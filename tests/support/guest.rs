@@ -185,14 +185,14 @@ impl Harness {
             let (_, frame) = self.to_stack.pop_front().expect("checked");
             self.stack.handle_frame(now, &frame);
         }
-        self.stack.flush(now);
+        self.stack.flush();
         self.collect();
         dispatch_host_events(&mut self.stack, 1).unwrap();
         let now = Instant::now();
         if self.stack.poll_at().is_some_and(|at| at <= now) {
             self.stack.poll_timers(now);
         }
-        self.stack.flush(now);
+        self.stack.flush();
         self.collect();
         let now = Instant::now();
         while self.to_guest.front().is_some_and(|(at, _)| *at <= now) {
