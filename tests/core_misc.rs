@@ -306,3 +306,16 @@ fn a_connect_the_host_cannot_route_answers_network_unreachable() {
     assert_eq!(code, 0, "network unreachable");
     assert_eq!(h.stack.tcp_flow_count(), 0);
 }
+
+#[test]
+fn a_tiny_configured_mtu_is_raised_to_the_ipv4_minimum() {
+    // Without -c nothing else checks `-m`; the stack must still build sane frames.
+    let mut h = Harness::new(stack_config(1));
+    let (addr, server) = udp_echo_server();
+    let (reply, _) = udp_round_trip(
+        &mut h,
+        IpEndpoint::new(IpAddress::v4(10, 0, 2, 2), addr.port()),
+    );
+    server.join().unwrap();
+    assert_eq!(reply, b"echo:ping");
+}

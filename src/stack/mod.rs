@@ -68,6 +68,8 @@ pub struct StackConfig {
     pub gso: bool,
 }
 
+const MIN_MTU: usize = 68;
+const MAX_MTU: usize = 65521;
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
 
@@ -242,7 +244,10 @@ fn gateway_mac(gateway: Ipv4Addr) -> EthernetAddress {
 }
 
 impl<H: Host> Stack<H> {
-    pub fn new(host: H, config: StackConfig, now: Instant) -> Self {
+    pub fn new(host: H, mut config: StackConfig, now: Instant) -> Self {
+        // IPv4 requires every link to carry 68 bytes (RFC 791); without -c nothing else
+        // checks the MTU slirpnet was given.
+        config.mtu = config.mtu.clamp(MIN_MTU, MAX_MTU);
         let seed = now.elapsed().as_nanos() as u32 ^ std::process::id().rotate_left(16);
         Stack {
             host,

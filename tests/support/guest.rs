@@ -134,7 +134,8 @@ pub fn stack_config(mtu: usize) -> StackConfig {
 
 impl Harness {
     pub fn new(config: StackConfig) -> Self {
-        let mtu = config.mtu;
+        // The simulated guest keeps a sane MTU whatever the stack was told.
+        let mtu = config.mtu.max(68);
         let start = Instant::now();
         // Loopback only: no guest frame in a test can reach beyond this machine.
         let stack = Stack::new(SystemHost::loopback_only().unwrap(), config, start);
