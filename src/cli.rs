@@ -154,7 +154,7 @@ struct RawArgs {
     /// Parsed only to reject it: engines enable it whenever --help advertises it.
     #[arg(long)]
     enable_sandbox: bool,
-    /// Parsed only to reject it, like `--enable-sandbox`.
+    /// The system call allow-list (src/sys/seccomp.rs).
     #[arg(long)]
     enable_seccomp: bool,
     /// `PID|PATH [TAPNAME]`, plus any extra words slirp4netns would warn about.
@@ -204,11 +204,6 @@ fn build_config(raw: RawArgs, warnings: &mut Vec<String>) -> Result<Config, CliE
     if raw.enable_sandbox {
         return Err(CliError::without_usage(
             "--enable-sandbox is not supported yet",
-        ));
-    }
-    if raw.enable_seccomp {
-        return Err(CliError::without_usage(
-            "--enable-seccomp is not supported yet",
         ));
     }
     if raw.outbound_addr6.is_some() {
@@ -351,6 +346,7 @@ fn build_config(raw: RawArgs, warnings: &mut Vec<String>) -> Result<Config, CliE
         mac,
         api_socket,
         enable_ipv6: raw.enable_ipv6,
+        enable_seccomp: raw.enable_seccomp,
     })
 }
 
@@ -636,6 +632,7 @@ COMMAND's status.
 --disable-dns            disables 10.0.2.3 (or configured internal ip) to host dns redirect
 --macaddress=MAC         specify the MAC address of the TAP (only valid with -c)
 --target-type=TYPE       specify the target type ([netns], default=netns)
+--enable-seccomp         enable seccomp to limit syscalls (an allow-list; see docs/security.md)
 -h, --help               show this help and exit
 -v, --version            show version and exit
 "
@@ -699,6 +696,7 @@ mod tests {
         assert_eq!(config.mac, None);
         assert_eq!(config.api_socket, None);
         assert!(!config.enable_ipv6);
+        assert!(!config.enable_seccomp);
     }
 
     #[test]
@@ -863,6 +861,7 @@ mod tests {
             "--configure",
             "--exit-fd",
             "--ready-fd",
+            "--enable-seccomp",
         ] {
             assert!(words.contains(&probed), "--help lacks {probed}");
         }
@@ -874,7 +873,6 @@ mod tests {
     fn help_does_not_advertise_unimplemented_features() {
         let help = usage();
         assert!(!help.contains("--enable-sandbox"));
-        assert!(!help.contains("--enable-seccomp"));
         assert!(!help.contains("--outbound-addr6"));
         assert!(!help.contains("bess"));
     }
@@ -1151,14 +1149,27 @@ mod tests {
             false,
         );
         assert_error(
-            &["--enable-seccomp", "1"],
-            "--enable-seccomp is not supported yet",
-            false,
-        );
-        assert_error(
             &["--outbound-addr6=::1", "1"],
             "--outbound-addr6 is not supported yet",
             false,
+        );
+    }
+
+    #[test]
+    fn enable_seccomp_is_accepted() {
+        assert!(!run(&["1"]).unwrap().enable_seccomp);
+        assert!(run(&["--enable-seccomp", "1"]).unwrap().enable_seccomp);
+        // A unique prefix, as getopt_long takes it; with the sandbox still refused first.
+        assert!(run(&["--enable-sec", "1"]).unwrap().enable_seccomp);
+        assert_error(
+            &["--enable-seccomp", "--enable-sandbox", "1"],
+            "--enable-sandbox is not supported yet",
+            false,
+        );
+        assert_error(
+            &["--enable-seccomp=yes", "1"],
+            "slirpnet: option '--enable-seccomp' doesn't allow an argument",
+            true,
         );
     }
 

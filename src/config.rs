@@ -101,4 +101,6 @@ pub struct Config {
     pub publish: Vec<crate::api::ForwardSpec>,
     /// `-6`: accepted for compatibility; IPv6 arrives in a later issue.
     pub enable_ipv6: bool,
+    /// `--enable-seccomp`: install the system call allow-list before the ready byte.
+    pub enable_seccomp: bool,
 }

@@ -88,6 +88,12 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
                 .with_context(|| format!("binding the API socket {}", path.display()))
         })
         .transpose()?;
+    // Start-up is over: from here on only the data path's system calls are allowed.
+    // The signalfd the event loop makes next, the ready byte, the run-mode release and every
+    // exit path are on the list (src/sys/seccomp.rs).
+    if config.enable_seccomp {
+        sys::seccomp::install().context("--enable-seccomp")?;
+    }
     if let Some(fd) = config.ready_fd {
         sys::write_ready_byte(fd)?;
     }

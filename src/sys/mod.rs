@@ -5,6 +5,7 @@
 //!   back over `SCM_RIGHTS`.
 //! - [`spawn_in_new_namespace`]: run mode, a child in a fresh user + network namespace that
 //!   execs the command once released.
+//! - [`seccomp::install`]: `--enable-seccomp`, the system call allow-list.
 //! - Small fd helpers for the event loop.
 //!
 //! Every unsafe block carries a `// SAFETY:` comment. Code that runs in a forked child only
@@ -18,6 +19,7 @@ mod child;
 mod link;
 mod netns;
 mod run;
+pub mod seccomp;
 pub mod sock;
 mod tap;
 
