@@ -27,7 +27,10 @@ struct Client {
 
 pub struct ApiServer {
     pub listener: UnixListener,
-    path: PathBuf,
+    /// The socket file's directory (an `O_PATH` fd opened at bind) and name: the file is
+    /// removed through it on exit, which works after `--enable-sandbox` hid the path.
+    dir: std::os::fd::OwnedFd,
+    name: PathBuf,
     clients: Vec<Option<Client>>,
     net: NetConfig,
     ipv6: bool,
@@ -49,9 +52,28 @@ impl ApiServer {
         }
         let listener = UnixListener::bind(path)?;
         listener.set_nonblocking(true)?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = nix::fcntl::open(
+            parent,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|errno| {
+            let _ = std::fs::remove_file(path);
+            io::Error::from_raw_os_error(errno as i32)
+        })?;
         Ok(ApiServer {
             listener,
-            path: path.to_owned(),
+            dir,
+            name: path
+                .file_name()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| path.to_owned()),
             clients: Vec::new(),
             net,
             ipv6,
@@ -125,7 +147,8 @@ impl ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let flags = nix::unistd::UnlinkatFlags::NoRemoveDir;
+        let _ = nix::unistd::unlinkat(&self.dir, &self.name, flags);
     }
 }
 

@@ -151,7 +151,6 @@ struct RawArgs {
     macaddress: Option<String>,
     #[arg(long, allow_hyphen_values = true)]
     target_type: Option<String>,
-    /// Parsed only to reject it: engines enable it whenever --help advertises it.
     #[arg(long)]
     enable_sandbox: bool,
     /// The system call allow-list (src/sys/seccomp.rs).
@@ -201,11 +200,6 @@ where
 /// then addresses (without usage), so that a line with several mistakes usually reports
 /// the one slirp4netns would. Refusals of unimplemented features come first.
 fn build_config(raw: RawArgs, warnings: &mut Vec<String>) -> Result<Config, CliError> {
-    if raw.enable_sandbox {
-        return Err(CliError::without_usage(
-            "--enable-sandbox is not supported yet",
-        ));
-    }
     if raw.outbound_addr6.is_some() {
         return Err(CliError::without_usage(
             "--outbound-addr6 is not supported yet",
@@ -347,6 +341,7 @@ fn build_config(raw: RawArgs, warnings: &mut Vec<String>) -> Result<Config, CliE
         api_socket,
         enable_ipv6: raw.enable_ipv6,
         enable_seccomp: raw.enable_seccomp,
+        enable_sandbox: raw.enable_sandbox,
     })
 }
 
@@ -633,6 +628,8 @@ COMMAND's status.
 --macaddress=MAC         specify the MAC address of the TAP (only valid with -c)
 --target-type=TYPE       specify the target type ([netns], default=netns)
 --enable-seccomp         enable seccomp to limit syscalls (an allow-list; see docs/security.md)
+--enable-sandbox         after start-up, pivot into an empty root, drop capabilities
+                         (all but CAP_NET_BIND_SERVICE) and set no-new-privs
 -h, --help               show this help and exit
 -v, --version            show version and exit
 "
@@ -862,6 +859,7 @@ mod tests {
             "--exit-fd",
             "--ready-fd",
             "--enable-seccomp",
+            "--enable-sandbox",
         ] {
             assert!(words.contains(&probed), "--help lacks {probed}");
         }
@@ -872,7 +870,6 @@ mod tests {
     #[test]
     fn help_does_not_advertise_unimplemented_features() {
         let help = usage();
-        assert!(!help.contains("--enable-sandbox"));
         assert!(!help.contains("--outbound-addr6"));
         assert!(!help.contains("bess"));
     }
@@ -1144,11 +1141,6 @@ mod tests {
     #[test]
     fn unimplemented_features_are_refused() {
         assert_error(
-            &["--enable-sandbox", "1"],
-            "--enable-sandbox is not supported yet",
-            false,
-        );
-        assert_error(
             &["--outbound-addr6=::1", "1"],
             "--outbound-addr6 is not supported yet",
             false,
@@ -1159,13 +1151,10 @@ mod tests {
     fn enable_seccomp_is_accepted() {
         assert!(!run(&["1"]).unwrap().enable_seccomp);
         assert!(run(&["--enable-seccomp", "1"]).unwrap().enable_seccomp);
-        // A unique prefix, as getopt_long takes it; with the sandbox still refused first.
+        // A unique prefix, as getopt_long takes it.
         assert!(run(&["--enable-sec", "1"]).unwrap().enable_seccomp);
-        assert_error(
-            &["--enable-seccomp", "--enable-sandbox", "1"],
-            "--enable-sandbox is not supported yet",
-            false,
-        );
+        let both = run(&["--enable-seccomp", "--enable-sandbox", "1"]).unwrap();
+        assert!(both.enable_seccomp && both.enable_sandbox);
         assert_error(
             &["--enable-seccomp=yes", "1"],
             "slirpnet: option '--enable-seccomp' doesn't allow an argument",

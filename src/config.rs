@@ -103,4 +103,6 @@ pub struct Config {
     pub enable_ipv6: bool,
     /// `--enable-seccomp`: install the system call allow-list before the ready byte.
     pub enable_seccomp: bool,
+    /// `--enable-sandbox`: after start-up, an empty root, no capabilities, no-new-privs.
+    pub enable_sandbox: bool,
 }

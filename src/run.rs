@@ -88,6 +88,12 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
                 .with_context(|| format!("binding the API socket {}", path.display()))
         })
         .transpose()?;
+    if config.enable_sandbox {
+        // Everything needing the filesystem or privileges is done: confine the process.
+        if let Some(skipped) = sys::enter_sandbox().context("entering the sandbox")? {
+            eprintln!("slirpnet: {skipped}");
+        }
+    }
     // Start-up is over: from here on only the data path's system calls are allowed.
     // The signalfd the event loop makes next, the ready byte, the run-mode release and every
     // exit path are on the list (src/sys/seccomp.rs).

@@ -18,9 +18,7 @@
 
 mod common;
 
-use common::{
-    ENGINES_SH, ensure_test_user_subids, is_peer, require_root, require_tools, run_with_timeout,
-};
+use common::{ENGINES_SH, ensure_test_user_subids, require_root, require_tools, run_with_timeout};
 
 /// Bound for one engine test's script: Podman's first run as a fresh user sets up its
 /// storage, which takes a few seconds on a loaded two-core machine.
@@ -116,14 +114,13 @@ echo "--- podman stderr:" >&2; cat "$T/pm.err" >&2
     out.expect("cmdline", "no --disable-host-loopback", |_| {
         !w.contains(&"--disable-host-loopback")
     });
-    if !is_peer() {
-        // Podman passes each option `--help` advertises: seccomp is, the sandbox not yet.
-        out.expect(
-            "cmdline",
-            "--enable-seccomp, no --enable-sandbox (not advertised)",
-            |_| !w.contains(&"--enable-sandbox") && w.contains(&"--enable-seccomp"),
-        );
-    }
+    out.expect("cmdline", "--enable-sandbox (advertised)", |_| {
+        w.contains(&"--enable-sandbox")
+    });
+    // Podman passes each of these that `--help` advertises: both are.
+    out.expect("cmdline", "--enable-seccomp (advertised)", |_| {
+        w.contains(&"--enable-seccomp")
+    });
     out.expect_eq("left", "0");
 }
 
@@ -152,6 +149,7 @@ if [ "$rc" != 0 ]; then
     echo "--- podman stderr:" >&2; cat "$T/pm.err" >&2
 fi
 result cmdline "$(helper_cmdline)"
+result sandbox "$(helper_sandbox)"
 result helpers "$(engine_helper_count)"
 result local "$(http_get http://127.0.0.1:18080/index.html 15)"
 result remote "$(in_remote timeout 5 busybox wget -q -O- http://198.18.0.1:18080/index.html 2>&1)"
@@ -185,6 +183,10 @@ pm rm -f web > /dev/null 2>&1 || true
     out.expect_eq("stop_rc", "0");
     out.expect_eq("left", "0");
     out.expect_eq("port_after_stop", "no");
+    // Podman passes --enable-sandbox: an empty tmpfs root and no-new-privs.
+    out.expect("sandbox", "root=tmpfs nnp=1", |v| {
+        v.starts_with("root=tmpfs nnp=1 ")
+    });
 }
 
 /// The RootlessKit body shared by the three cases: a host loopback server (port 18090) and
@@ -290,8 +292,8 @@ fn rootlesskit_disable_host_loopback() {
 
 /// `--slirp4netns-sandbox=auto --slirp4netns-seccomp=auto` (dockerd-rootless.sh's defaults):
 /// RootlessKit turns sandbox and seccomp on only when `--help` advertises them. slirpnet
-/// advertises seccomp but not the sandbox yet, so it gets only `--enable-seccomp` and
-/// everything works under the filter; slirp4netns gets both.
+/// advertises both, so, like slirp4netns, it gets `--enable-sandbox --enable-seccomp` and
+/// everything works inside the sandbox and under the filter.
 #[test]
 fn rootlesskit_sandbox_and_seccomp_auto() {
     let test = "rootlesskit_sandbox_and_seccomp_auto";
@@ -312,17 +314,13 @@ fn rootlesskit_sandbox_and_seccomp_auto() {
     let cmdline = out.get("rk_cmdline").to_string();
     let w = words(&cmdline);
     let sandboxed = w.contains(&"--enable-sandbox") && w.contains(&"--enable-seccomp");
-    if is_peer() {
-        out.expect(
-            "rk_cmdline",
-            "--enable-sandbox and --enable-seccomp",
-            |_| sandboxed,
-        );
-    } else {
-        out.expect(
-            "rk_cmdline",
-            "--enable-seccomp without --enable-sandbox",
-            |_| !w.contains(&"--enable-sandbox") && w.contains(&"--enable-seccomp"),
-        );
-    }
+    // Sandboxed: an empty tmpfs root and no-new-privs (slirp4netns: tmpfs too).
+    out.expect("rk_sandbox", "root=tmpfs nnp=1", |v| {
+        v.starts_with("root=tmpfs nnp=1 ")
+    });
+    out.expect(
+        "rk_cmdline",
+        "--enable-sandbox and --enable-seccomp",
+        |_| sandboxed,
+    );
 }

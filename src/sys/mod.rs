@@ -6,6 +6,7 @@
 //! - [`spawn_in_new_namespace`]: run mode, a child in a fresh user + network namespace that
 //!   execs the command once released.
 //! - [`seccomp::install`]: `--enable-seccomp`, the system call allow-list.
+//! - [`enter_sandbox`]: `--enable-sandbox`, an empty root, no capabilities, no-new-privs.
 //! - Small fd helpers for the event loop.
 //!
 //! Every unsafe block carries a `// SAFETY:` comment. Code that runs in a forked child only
@@ -19,6 +20,7 @@ mod child;
 mod link;
 mod netns;
 mod run;
+mod sandbox;
 pub mod seccomp;
 pub mod sock;
 mod tap;
@@ -31,6 +33,7 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 pub use link::LinkConfig;
 pub use netns::{NetnsRef, TapRequest, open_tap};
 pub use run::{NamespacedChild, spawn_in_new_namespace};
+pub use sandbox::enter_sandbox;
 pub use tap::enable_vnet_offloads;
 
 /// A failed system operation. `Display` names the operation and its object, then the

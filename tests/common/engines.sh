@@ -125,6 +125,18 @@ helper_cmdline() {
     tr '\0' ' ' < "/proc/$pid/cmdline" | cut -d' ' -f2- | sed 's/ $//'
 }
 
+# helper_sandbox: "root=FSTYPE nnp=N capeff=HEX" of the (first) running helper: the
+# filesystem type of its / and its no-new-privs and effective capabilities (--enable-sandbox).
+helper_sandbox() {
+    local pid root nnp cap
+    pid=$(helper_pids | head -n1)
+    [ -n "$pid" ] || return 0
+    root=$(awk '$5 == "/" { for (i = 6; i <= NF; i++) if ($i == "-") { print $(i + 1); exit } }' "/proc/$pid/mountinfo")
+    nnp=$(awk '/^NoNewPrivs:/ {print $2}' "/proc/$pid/status")
+    cap=$(awk '/^CapEff:/ {print $2}' "/proc/$pid/status")
+    echo "root=$root nnp=$nnp capeff=$cap"
+}
+
 # engine_helper_count: how many helper processes run (any mount namespace).
 engine_helper_count() { helper_pids | wc -l; }
 
@@ -200,6 +212,7 @@ EOF
         cat "$dir/child.log" >&2 || true
     fi
     result "${name}_cmdline" "$(helper_cmdline)"
+    result "${name}_sandbox" "$(helper_sandbox)"
     # The published port: RootlessKit adds it over the helper's API once the child runs.
     for i in $(seq 200); do
         [ -n "$(ss -Hltn "sport = :$fport")" ] && break
