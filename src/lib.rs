@@ -6,6 +6,7 @@ pub mod api_server;
 pub mod cli;
 pub mod config;
 pub mod event_loop;
+pub mod fuzzing;
 pub mod run;
 pub mod stack;
 pub mod sys;

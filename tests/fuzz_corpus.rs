@@ -1,0 +1,414 @@
+//! Replays the fuzz corpora (fuzz/corpus/{frames,api,cli}) through the same entry points the
+//! cargo-fuzz targets use (`slirpnet::fuzzing`), so every input the fuzzers kept, and every
+//! crash they found and that was fixed, stays a regression test on stable Rust.
+//!
+//! The seed frames are written by `SLIRPNET_WRITE_SEEDS=1 cargo test --test fuzz_corpus`
+//! (see docs/fuzzing.md).
+
+use std::fs;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use slirpnet::fuzzing::{drive_api, drive_cli, drive_frames, join_frames, split_frames};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress,
+    EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet,
+    Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl,
+    TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+};
+
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let mut files: Vec<_> = fs::read_dir(&dir)
+        .unwrap_or_else(|err| panic!("{}: {err}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{}: empty corpus", dir.display());
+    files
+        .into_iter()
+        .map(|path| {
+            let data = fs::read(&path).unwrap();
+            (path, data)
+        })
+        .collect()
+}
+
+#[test]
+fn frames_corpus() {
+    let mut frames_out = 0;
+    for (path, data) in corpus("frames") {
+        eprintln!("{}", path.display());
+        // Panics on a broken invariant, including a flow left open over the NullHost.
+        let outcome = drive_frames(&data);
+        frames_out += outcome.frames_out;
+    }
+    // The seeds include an ARP request and a DHCP discover: the stack answered something.
+    assert!(frames_out > 0);
+}
+
+#[test]
+fn frames_seeds_are_answered() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/frames");
+    for (name, expect_refused) in [
+        ("seed-arp-request", false),
+        ("seed-dhcp-discover", false),
+        ("seed-icmp-echo-gateway", false),
+        ("seed-tcp-syn-gateway-80", true),
+        ("seed-udp-dns", true),
+        // Reassembled, then a UDP flow to a remote host (refused).
+        ("seed-ipv4-fragments", true),
+        ("seed-icmp-echo-remote", true),
+    ] {
+        let data = fs::read(dir.join(name)).unwrap();
+        let outcome = drive_frames(&data);
+        assert!(
+            outcome.frames_out > 0 || expect_refused,
+            "{name}: {outcome:?}"
+        );
+        assert_eq!(outcome.refused > 0, expect_refused, "{name}: {outcome:?}");
+    }
+}
+
+#[test]
+fn api_corpus() {
+    let mut parsed = 0;
+    for (path, data) in corpus("api") {
+        eprintln!("{}", path.display());
+        parsed += drive_api(&data).iter().filter(|ok| **ok).count();
+    }
+    assert!(parsed > 0, "no valid request in the api corpus");
+}
+
+#[test]
+fn cli_corpus() {
+    let mut parsed = 0;
+    for (path, data) in corpus("cli") {
+        eprintln!("{}", path.display());
+        parsed += usize::from(drive_cli(&data));
+    }
+    assert!(parsed > 0, "no valid command line in the cli corpus");
+}
+
+#[test]
+fn split_frames_round_trips() {
+    let frames: [&[u8]; 3] = [b"abc", b"", &[7; 300]];
+    let joined = join_frames(frames);
+    let split: Vec<&[u8]> = split_frames(&joined).iter().map(|r| r.frame).collect();
+    assert_eq!(split, frames);
+    // A truncated last record takes what is left; fewer than 3 bytes make none.
+    assert_eq!(split_frames(&[5, 0, 9, 1, 2])[0].frame, &[1, 2]);
+    assert!(split_frames(&[5, 0]).is_empty());
+}
+
+// ---- Seed frames ----
+
+const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
+const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
+const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+fn ethernet(dst: EthernetAddress, ethertype: EthernetProtocol, payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0; 14 + payload.len()];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+    EthernetRepr {
+        src_addr: GUEST_MAC,
+        dst_addr: dst,
+        ethertype,
+    }
+    .emit(&mut frame);
+    frame.payload_mut().copy_from_slice(payload);
+    buf
+}
+
+/// An IPv4 packet around `l4`; `fragment` is (ident, offset in bytes, more fragments).
+fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: IpProtocol,
+    l4: &[u8],
+    fragment: Option<(u16, u16, bool)>,
+) -> Vec<u8> {
+    let mut buf = vec![0; 20 + l4.len()];
+    let mut packet = Ipv4Packet::new_unchecked(&mut buf[..]);
+    Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: protocol,
+        payload_len: l4.len(),
+        hop_limit: 64,
+    }
+    .emit(&mut packet, &ChecksumCapabilities::default());
+    if let Some((ident, offset, more)) = fragment {
+        packet.set_ident(ident);
+        packet.set_dont_frag(false);
+        packet.set_frag_offset(offset);
+        packet.set_more_frags(more);
+        packet.fill_checksum();
+    }
+    packet.payload_mut().copy_from_slice(l4);
+    buf
+}
+
+fn ipv4_frame(dst: Ipv4Addr, protocol: IpProtocol, l4: &[u8]) -> Vec<u8> {
+    ethernet(
+        GATEWAY_MAC,
+        EthernetProtocol::Ipv4,
+        &ipv4(GUEST, dst, protocol, l4, None),
+    )
+}
+
+fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0; 8 + payload.len()];
+    UdpRepr {
+        src_port: src.1,
+        dst_port: dst.1,
+    }
+    .emit(
+        &mut UdpPacket::new_unchecked(&mut buf[..]),
+        &IpAddress::Ipv4(src.0),
+        &IpAddress::Ipv4(dst.0),
+        payload.len(),
+        |out| out.copy_from_slice(payload),
+        &ChecksumCapabilities::default(),
+    );
+    buf
+}
+
+fn tcp(
+    dst: (Ipv4Addr, u16),
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port: 40000,
+        dst_port: dst.1,
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|ack| TcpSeqNumber(ack as i32)),
+        window_len: 64240,
+        window_scale: (control == TcpControl::Syn).then_some(7),
+        max_seg_size: (control == TcpControl::Syn).then_some(1460),
+        sack_permitted: control == TcpControl::Syn,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload,
+    };
+    let mut buf = vec![0; repr.buffer_len()];
+    repr.emit(
+        &mut TcpPacket::new_unchecked(&mut buf[..]),
+        &IpAddress::Ipv4(GUEST),
+        &IpAddress::Ipv4(dst.0),
+        &ChecksumCapabilities::default(),
+    );
+    buf
+}
+
+fn icmp_echo(ident: u16, data: &[u8]) -> Vec<u8> {
+    let repr = Icmpv4Repr::EchoRequest {
+        ident,
+        seq_no: 1,
+        data,
+    };
+    let mut buf = vec![0; repr.buffer_len()];
+    repr.emit(
+        &mut Icmpv4Packet::new_unchecked(&mut buf[..]),
+        &ChecksumCapabilities::default(),
+    );
+    buf
+}
+
+fn arp_request(target: Ipv4Addr) -> Vec<u8> {
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: GUEST_MAC,
+        source_protocol_addr: GUEST,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    let mut buf = vec![0; repr.buffer_len()];
+    repr.emit(&mut ArpPacket::new_unchecked(&mut buf[..]));
+    ethernet(EthernetAddress::BROADCAST, EthernetProtocol::Arp, &buf)
+}
+
+fn dhcp_discover() -> Vec<u8> {
+    let repr = DhcpRepr {
+        message_type: DhcpMessageType::Discover,
+        transaction_id: 0x1234_5678,
+        secs: 0,
+        client_hardware_address: GUEST_MAC,
+        client_ip: Ipv4Addr::UNSPECIFIED,
+        your_ip: Ipv4Addr::UNSPECIFIED,
+        server_ip: Ipv4Addr::UNSPECIFIED,
+        router: None,
+        subnet_mask: None,
+        relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+        broadcast: false,
+        requested_ip: None,
+        client_identifier: Some(GUEST_MAC),
+        server_identifier: None,
+        parameter_request_list: Some(&[1, 3, 6, 15, 51, 54]),
+        dns_servers: None,
+        max_size: Some(1500),
+        lease_duration: None,
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &[],
+    };
+    let mut dhcp = vec![0; repr.buffer_len()];
+    repr.emit(&mut DhcpPacket::new_unchecked(&mut dhcp[..]))
+        .unwrap();
+    let any = Ipv4Addr::UNSPECIFIED;
+    let l4 = udp((any, 68), (Ipv4Addr::BROADCAST, 67), &dhcp);
+    ethernet(
+        EthernetAddress::BROADCAST,
+        EthernetProtocol::Ipv4,
+        &ipv4(any, Ipv4Addr::BROADCAST, IpProtocol::Udp, &l4, None),
+    )
+}
+
+/// A DNS query for example.com, type A.
+fn dns_query() -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["example", "com"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+fn ipv6_echo() -> Vec<u8> {
+    let src = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
+    let dst = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+    let icmp = Icmpv6Repr::EchoRequest {
+        ident: 7,
+        seq_no: 1,
+        data: b"ping6",
+    };
+    let mut buf = vec![0; 40 + icmp.buffer_len()];
+    let mut packet = Ipv6Packet::new_unchecked(&mut buf[..]);
+    Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Icmpv6,
+        payload_len: icmp.buffer_len(),
+        hop_limit: 64,
+    }
+    .emit(&mut packet);
+    icmp.emit(
+        &src,
+        &dst,
+        &mut Icmpv6Packet::new_unchecked(packet.payload_mut()),
+        &ChecksumCapabilities::default(),
+    );
+    ethernet(GATEWAY_MAC, EthernetProtocol::Ipv6, &buf)
+}
+
+fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    let syn = tcp((GATEWAY, 80), TcpControl::Syn, 1000, None, &[]);
+    // A UDP datagram to a remote host in two fragments (the first carries the UDP header).
+    let big = udp((GUEST, 40001), (REMOTE, 9), &[0x5a; 100]);
+    let (first, second) = big.split_at(64);
+    let frag = |offset: u16, more: bool, data: &[u8]| {
+        ethernet(
+            GATEWAY_MAC,
+            EthernetProtocol::Ipv4,
+            &ipv4(
+                GUEST,
+                REMOTE,
+                IpProtocol::Udp,
+                data,
+                Some((0x4242, offset, more)),
+            ),
+        )
+    };
+    vec![
+        ("seed-arp-request", vec![arp_request(GATEWAY)]),
+        ("seed-dhcp-discover", vec![dhcp_discover()]),
+        (
+            "seed-tcp-syn-gateway-80",
+            vec![ipv4_frame(GATEWAY, IpProtocol::Tcp, &syn)],
+        ),
+        (
+            "seed-udp-dns",
+            vec![ipv4_frame(
+                DNS,
+                IpProtocol::Udp,
+                &udp((GUEST, 40000), (DNS, 53), &dns_query()),
+            )],
+        ),
+        (
+            "seed-icmp-echo-gateway",
+            vec![ipv4_frame(
+                GATEWAY,
+                IpProtocol::Icmp,
+                &icmp_echo(1, b"ping"),
+            )],
+        ),
+        (
+            "seed-icmp-echo-remote",
+            vec![ipv4_frame(REMOTE, IpProtocol::Icmp, &icmp_echo(2, b"ping"))],
+        ),
+        (
+            "seed-ipv4-fragments",
+            vec![frag(0, true, first), frag(64, false, second)],
+        ),
+        ("seed-ipv6-echo", vec![ipv6_echo()]),
+        (
+            // A whole conversation: ARP, SYN, data, FIN, RST to a remote host.
+            "seed-tcp-conversation",
+            vec![
+                arp_request(GATEWAY),
+                ipv4_frame(
+                    REMOTE,
+                    IpProtocol::Tcp,
+                    &tcp((REMOTE, 443), TcpControl::Syn, 1000, None, &[]),
+                ),
+                ipv4_frame(
+                    REMOTE,
+                    IpProtocol::Tcp,
+                    &tcp((REMOTE, 443), TcpControl::Psh, 1001, Some(5000), b"hello"),
+                ),
+                ipv4_frame(
+                    REMOTE,
+                    IpProtocol::Tcp,
+                    &tcp((REMOTE, 443), TcpControl::Fin, 1006, Some(5000), &[]),
+                ),
+                ipv4_frame(
+                    REMOTE,
+                    IpProtocol::Tcp,
+                    &tcp((REMOTE, 443), TcpControl::Rst, 1007, None, &[]),
+                ),
+            ],
+        ),
+    ]
+}
+
+/// The seed frames on disk are exactly what [`seeds`] builds. With
+/// `SLIRPNET_WRITE_SEEDS=1` it writes them instead (after changing the seeds).
+#[test]
+fn seed_frames_are_current() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/frames");
+    let write = std::env::var_os("SLIRPNET_WRITE_SEEDS").is_some_and(|v| v == "1");
+    for (name, frames) in seeds() {
+        let expected = join_frames(frames.iter().map(Vec::as_slice));
+        if write {
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join(name), &expected).unwrap();
+        }
+        let found = fs::read(dir.join(name)).unwrap_or_default();
+        assert!(
+            found == expected,
+            "{name} is stale: SLIRPNET_WRITE_SEEDS=1 cargo test --test fuzz_corpus"
+        );
+    }
+}
