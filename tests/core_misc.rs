@@ -155,6 +155,21 @@ fn icmp_unreachable_code(frame: &[u8]) -> Option<u8> {
     (icmp.msg_type() == smoltcp::wire::Icmpv4Message::DstUnreachable).then(|| icmp.msg_code())
 }
 
+/// Steps until the stack answers the guest with ICMP destination unreachable; its code.
+fn wait_for_unreachable(h: &mut Harness) -> u8 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "no ICMP unreachable");
+        if let Some(code) = stack_answers(h)
+            .iter()
+            .find_map(|f| icmp_unreachable_code(f))
+        {
+            return code;
+        }
+        h.step();
+    }
+}
+
 #[test]
 fn disabled_host_loopback_answers_network_unreachable() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -164,17 +179,7 @@ fn disabled_host_loopback_answers_network_unreachable() {
     let mut h = Harness::new(config);
     let s = h.tcp_socket(4096);
     h.connect(s, SocketAddr::from(([10, 0, 2, 2], port)), 41000);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let code = loop {
-        assert!(Instant::now() < deadline, "no ICMP unreachable");
-        if let Some(code) = stack_answers(&mut h)
-            .iter()
-            .find_map(|f| icmp_unreachable_code(f))
-        {
-            break code;
-        }
-        h.step();
-    };
+    let code = wait_for_unreachable(&mut h);
     assert_eq!(code, 0, "network unreachable");
     assert_eq!(h.stack.tcp_flow_count(), 0);
     listener.set_nonblocking(true).unwrap();
@@ -292,17 +297,7 @@ fn a_connect_the_host_cannot_route_answers_network_unreachable() {
     let mut h = Harness::new(stack_config(1500));
     let s = h.tcp_socket(4096);
     h.connect(s, SocketAddr::from(([198, 18, 0, 9], 80)), 41001);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let code = loop {
-        assert!(Instant::now() < deadline, "no ICMP unreachable");
-        if let Some(code) = stack_answers(&mut h)
-            .iter()
-            .find_map(|f| icmp_unreachable_code(f))
-        {
-            break code;
-        }
-        h.step();
-    };
+    let code = wait_for_unreachable(&mut h);
     assert_eq!(code, 0, "network unreachable");
     assert_eq!(h.stack.tcp_flow_count(), 0);
 }

@@ -386,21 +386,32 @@ result local_src "$(cut -d: -f1 "$T/udp-local.log" | sort -u | tr '\n' ' ')"
     out.expect_eq("local_src", "127.0.0.1 ");
 }
 
-/// Ping to the gateway is answered.
-#[test]
-fn ping_gateway() {
-    let Some(out) = run(
-        "ping_gateway",
-        r#"
+/// Pings `target` twice from the guest, after `setup` (shell) in the outer namespace; reports
+/// `rc`, `stats` and `remote_echos` (echo requests the remote test host counted).
+fn ping_twice(name: &str, setup: &str, target: &str) -> Option<common::Outcome> {
+    run(
+        name,
+        &format!(
+            r#"
 setup_outer
+{setup}
 start_guest root
 start_helper -c "$GUEST" tap0
+before=$(icmp_in_echos)
 rc=0
-in_guest timeout 10 busybox ping -c 2 -W 2 10.0.2.2 > "$T/ping.out" 2>&1 || rc=$?
+in_guest timeout 10 busybox ping -c 2 -W 2 {target} > "$T/ping.out" 2>&1 || rc=$?
 result rc "$rc"
 result stats "$(grep 'packets transmitted' "$T/ping.out" || cat "$T/ping.out")"
-"#,
-    ) else {
+result remote_echos "$(( $(icmp_in_echos) - before ))"
+"#
+        ),
+    )
+}
+
+/// Ping to the gateway is answered by the helper itself.
+#[test]
+fn ping_gateway() {
+    let Some(out) = ping_twice("ping_gateway", "", "10.0.2.2") else {
         return;
     };
     out.expect_eq("rc", "0");
@@ -411,20 +422,7 @@ result stats "$(grep 'packets transmitted' "$T/ping.out" || cat "$T/ping.out")"
 /// (its ICMP counters moved): the helper relays it through an unprivileged ICMP socket.
 #[test]
 fn ping_remote_host() {
-    let Some(out) = run(
-        "ping_remote_host",
-        r#"
-setup_outer
-start_guest root
-start_helper -c "$GUEST" tap0
-before=$(icmp_in_echos)
-rc=0
-in_guest timeout 10 busybox ping -c 2 -W 2 198.18.0.2 > "$T/ping.out" 2>&1 || rc=$?
-result rc "$rc"
-result stats "$(grep 'packets transmitted' "$T/ping.out" || cat "$T/ping.out")"
-result remote_echos "$(( $(icmp_in_echos) - before ))"
-"#,
-    ) else {
+    let Some(out) = ping_twice("ping_remote_host", "", "198.18.0.2") else {
         return;
     };
     out.expect_eq("rc", "0");
@@ -438,19 +436,8 @@ result remote_echos "$(( $(icmp_in_echos) - before ))"
 /// default), a helper running as root falls back to a raw socket and ping still works.
 #[test]
 fn ping_remote_host_through_a_raw_socket() {
-    let Some(out) = run(
-        "ping_remote_host_through_a_raw_socket",
-        r#"
-setup_outer
-sysctl -q -w net.ipv4.ping_group_range="1 0"
-start_guest root
-start_helper -c "$GUEST" tap0
-rc=0
-in_guest timeout 10 busybox ping -c 2 -W 2 198.18.0.2 > "$T/ping.out" 2>&1 || rc=$?
-result rc "$rc"
-result stats "$(grep 'packets transmitted' "$T/ping.out" || cat "$T/ping.out")"
-"#,
-    ) else {
+    let setup = r#"sysctl -q -w net.ipv4.ping_group_range="1 0""#;
+    let Some(out) = ping_twice("ping_remote_host_through_a_raw_socket", setup, "198.18.0.2") else {
         return;
     };
     out.expect_eq("rc", "0");
