@@ -257,9 +257,9 @@ fn valid_guest_addr(addr: IpAddr, net: &NetConfig, ipv6_enabled: bool) -> bool {
         IpAddr::V4(v4) => {
             net.contains(v4) && ![net.network, net.gateway, net.dns, net.broadcast()].contains(&v4)
         }
-        // The IPv6 issue narrows this to the virtual prefix once NetConfig carries it.
+        // The virtual /64 but for its subnet-router anycast address and the helper's own.
         IpAddr::V6(v6) => {
-            ipv6_enabled && !v6.is_unspecified() && !v6.is_loopback() && !v6.is_multicast()
+            ipv6_enabled && net.contains6(v6) && v6 != net.prefix6 && !net.is_own6(v6)
         }
     }
 }
@@ -1017,11 +1017,24 @@ mod tests {
             panic!("IPv6 guest_addr refused with IPv6 enabled");
         };
         assert_eq!(spec.guest, sa("[fd00::100]:53"));
-        let text = r#"{"execute":"add_hostfwd","arguments":{"proto":"udp","host_port":53,"guest_addr":"::1","guest_port":53}}"#;
-        assert_eq!(
-            parse_request(text.as_bytes(), &net(), true),
-            Err(ApiError::BadAddArgument(AddField::GuestAddr))
-        );
+        // Only guest addresses in the virtual /64 that are not the helper's own.
+        for guest in [
+            "::1",
+            "fd01::100",
+            "fd00::2",
+            "fd00::3",
+            "fd00::",
+            "fe80::2",
+        ] {
+            let text = format!(
+                r#"{{"execute":"add_hostfwd","arguments":{{"proto":"udp","host_port":53,"guest_addr":"{guest}","guest_port":53}}}}"#
+            );
+            assert_eq!(
+                parse_request(text.as_bytes(), &net(), true),
+                Err(ApiError::BadAddArgument(AddField::GuestAddr)),
+                "{guest}"
+            );
+        }
     }
 
     #[test]

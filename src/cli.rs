@@ -6,7 +6,7 @@
 //! the tokenising; its own error texts, help and exit codes never reach the user.
 
 use std::ffi::{OsStr, OsString};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -81,6 +81,7 @@ const LONG_OPTIONS: &[(&str, Option<char>)] = &[
     ("ready-fd", Some('r')),
     ("mtu", Some('m')),
     ("cidr", None),
+    ("cidr6", None),
     ("disable-host-loopback", None),
     ("no-host-loopback", None),
     ("netns-type", None),
@@ -122,6 +123,9 @@ struct RawArgs {
     mtu: Option<String>,
     #[arg(long, allow_hyphen_values = true)]
     cidr: Option<String>,
+    /// New in slirpnet: slirp4netns's IPv6 prefix is fixed.
+    #[arg(long, allow_hyphen_values = true)]
+    cidr6: Option<String>,
     /// `--no-host-loopback` is the name slirp4netns briefly used before 0.3.0.
     #[arg(long, alias = "no-host-loopback")]
     disable_host_loopback: bool,
@@ -142,7 +146,6 @@ struct RawArgs {
     version: bool,
     #[arg(long, allow_hyphen_values = true)]
     outbound_addr: Option<String>,
-    /// Parsed only to reject it clearly: there is no IPv6 data path yet.
     #[arg(long, allow_hyphen_values = true)]
     outbound_addr6: Option<String>,
     #[arg(long)]
@@ -198,14 +201,8 @@ where
 
 /// Validates in slirp4netns's phases: option values, then positionals (both with usage),
 /// then addresses (without usage), so that a line with several mistakes usually reports
-/// the one slirp4netns would. Refusals of unimplemented features come first.
+/// the one slirp4netns would.
 fn build_config(raw: RawArgs, warnings: &mut Vec<String>) -> Result<Config, CliError> {
-    if raw.outbound_addr6.is_some() {
-        return Err(CliError::without_usage(
-            "--outbound-addr6 is not supported yet",
-        ));
-    }
-
     let exit_fd = raw
         .exit_fd
         .as_deref()
@@ -298,14 +295,25 @@ fn build_config(raw: RawArgs, warnings: &mut Vec<String>) -> Result<Config, CliE
         (target, tap_name)
     };
 
-    let net = match raw.cidr.as_deref() {
+    let mut net = match raw.cidr.as_deref() {
         Some(text) => parse_cidr(text)?,
         None => NetConfig::default(),
     };
+    if let Some(text) = raw.cidr6.as_deref() {
+        if !raw.enable_ipv6 {
+            return Err(CliError::without_usage("--cidr6 needs --enable-ipv6 (-6)"));
+        }
+        net = net.with_prefix6(parse_cidr6(text)?);
+    }
     let outbound_addr = raw
         .outbound_addr
         .as_deref()
         .map(resolve_outbound_addr)
+        .transpose()?;
+    let outbound_addr6 = raw
+        .outbound_addr6
+        .as_deref()
+        .map(resolve_outbound_addr6)
         .transpose()?;
     let mac = raw.macaddress.as_deref().map(parse_mac).transpose()?;
     let api_socket = raw.api_socket.map(PathBuf::from);
@@ -336,6 +344,7 @@ fn build_config(raw: RawArgs, warnings: &mut Vec<String>) -> Result<Config, CliE
         disable_host_loopback: raw.disable_host_loopback,
         userns_path: raw.userns_path.map(PathBuf::from),
         outbound_addr,
+        outbound_addr6,
         disable_dns: raw.disable_dns,
         mac,
         api_socket,
@@ -546,6 +555,34 @@ fn parse_cidr(text: &str) -> Result<NetConfig, CliError> {
     Ok(net)
 }
 
+/// `--cidr6`: an IPv6 network address with prefix length 64 (SLAAC needs a /64), unicast and
+/// neither link-local nor loopback.
+fn parse_cidr6(text: &str) -> Result<Ipv6Addr, CliError> {
+    let (address_text, prefix_text) = text
+        .split_once('/')
+        .ok_or_else(|| CliError::without_usage(format!("invalid CIDR6: {text}")))?;
+    let network: Ipv6Addr = address_text.parse().map_err(|_| {
+        CliError::without_usage(format!("invalid IPv6 network address: {address_text}"))
+    })?;
+    if prefix_text != "64" {
+        return Err(CliError::without_usage(format!(
+            "IPv6 prefix length needs to be 64 (SLAAC), not {prefix_text}"
+        )));
+    }
+    if u128::from(network) & u128::from(u64::MAX) != 0 {
+        return Err(CliError::without_usage(
+            "CIDR6 needs to be a network address like fd00::/64, not like fd00::100/64",
+        ));
+    }
+    let first = network.segments()[0];
+    if network.is_unspecified() || first >= 0xff00 || first & 0xffc0 == 0xfe80 {
+        return Err(CliError::without_usage(format!(
+            "CIDR6 needs to be a unicast prefix (a unique local fd00::/8 one is best), not {text}"
+        )));
+    }
+    Ok(network)
+}
+
 /// An IPv4 address, or the name of an interface whose first IPv4 address to use. The
 /// name is resolved now, as slirp4netns does, so a typo fails at start-up.
 fn resolve_outbound_addr(text: &str) -> Result<Ipv4Addr, CliError> {
@@ -555,6 +592,31 @@ fn resolve_outbound_addr(text: &str) -> Result<Ipv4Addr, CliError> {
     interface_ipv4_address(text).ok_or_else(|| {
         CliError::without_usage("outbound-addr has to be valid ipv4 address or interface name.")
     })
+}
+
+/// `--outbound-addr6`: an IPv6 address, or an interface whose first global IPv6 address to use.
+fn resolve_outbound_addr6(text: &str) -> Result<Ipv6Addr, CliError> {
+    if let Ok(address) = text.parse::<Ipv6Addr>() {
+        return Ok(address);
+    }
+    interface_ipv6_address(text).ok_or_else(|| {
+        CliError::without_usage("outbound-addr6 has to be valid ipv6 address or interface name.")
+    })
+}
+
+fn interface_ipv6_address(name: &str) -> Option<Ipv6Addr> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter(|interface| interface.interface_name == name)
+        .filter_map(|interface| {
+            interface
+                .address
+                .as_ref()
+                .and_then(|address| address.as_sockaddr_in6())
+                .map(|address| address.ip())
+        })
+        // A link-local source cannot reach anything beyond the link.
+        .find(|address| address.segments()[0] & 0xffc0 != 0xfe80)
 }
 
 fn interface_ipv4_address(name: &str) -> Option<Ipv4Addr> {
@@ -615,15 +677,18 @@ COMMAND's status.
 -e, --exit-fd=FD         specify the FD for terminating {PROGRAM} (exit when it hangs up)
 -r, --ready-fd=FD        specify the FD to write to when the network is configured
 -m, --mtu=MTU            specify MTU (default={DEFAULT_MTU}, max={MAX_MTU})
--6, --enable-ipv6        enable IPv6 (accepted; IPv6 is not implemented yet)
+-6, --enable-ipv6        enable IPv6 (router advertisements for SLAAC: fd00::/64, gateway
+                         fd00::2, DNS fd00::3; IPv6 forwards)
 -a, --api-socket=PATH    specify API socket path (shorter than {UNIX_PATH_MAX} bytes)
 -p, --publish=SPEC       publish a port: [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|udp]
                          (repeatable; HOSTADDR defaults to 0.0.0.0, IPv6 in brackets)
 --cidr=CIDR              specify network address CIDR (default=10.0.2.0/24, prefix 1-{MAX_PREFIX_LEN})
+--cidr6=PREFIX/64        specify the IPv6 prefix (default=fd00::/64; needs -6)
 --disable-host-loopback  prohibit connecting to 127.0.0.1:* on the host namespace
 --netns-type=TYPE        specify network namespace type ([path|pid], default=pid)
 --userns-path=PATH       specify user namespace path (default: that of PID)
 --outbound-addr=ADDR     bind outgoing connections to this IPv4 address or interface's address
+--outbound-addr6=ADDR    bind outgoing connections to this IPv6 address or interface's address
 --disable-dns            disables 10.0.2.3 (or configured internal ip) to host dns redirect
 --macaddress=MAC         specify the MAC address of the TAP (only valid with -c)
 --target-type=TYPE       specify the target type ([netns], default=netns)
@@ -869,9 +934,7 @@ mod tests {
 
     #[test]
     fn help_does_not_advertise_unimplemented_features() {
-        let help = usage();
-        assert!(!help.contains("--outbound-addr6"));
-        assert!(!help.contains("bess"));
+        assert!(!usage().contains("bess"));
     }
 
     #[test]
@@ -1139,10 +1202,74 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_features_are_refused() {
+    fn outbound_addr6() {
+        let config = run(&["--outbound-addr6=2001:db8::7", "1"]).unwrap();
+        assert_eq!(config.outbound_addr6, Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(
+            run(&["--outbound-addr6=lo", "1"]).unwrap().outbound_addr6,
+            Some(Ipv6Addr::LOCALHOST)
+        );
         assert_error(
-            &["--outbound-addr6=::1", "1"],
-            "--outbound-addr6 is not supported yet",
+            &["--outbound-addr6=10.0.0.1", "1"],
+            "outbound-addr6 has to be valid ipv6 address or interface name.",
+            false,
+        );
+    }
+
+    #[test]
+    fn cidr6_sets_the_prefix_and_its_addresses() {
+        let net = run(&["-6", "--cidr6=fd12:3456:789a:1::/64", "1"])
+            .unwrap()
+            .net;
+        assert_eq!(
+            net.prefix6,
+            "fd12:3456:789a:1::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            net.gateway6(),
+            "fd12:3456:789a:1::2".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            net.dns6(),
+            "fd12:3456:789a:1::3".parse::<Ipv6Addr>().unwrap()
+        );
+        let default = run(&["-6", "1"]).unwrap().net;
+        assert_eq!(default.gateway6(), "fd00::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(default.dns6(), "fd00::3".parse::<Ipv6Addr>().unwrap());
+    }
+
+    #[test]
+    fn cidr6_errors() {
+        assert_error(
+            &["-6", "--cidr6=fd00::", "1"],
+            "invalid CIDR6: fd00::",
+            false,
+        );
+        assert_error(
+            &["-6", "--cidr6=fd00::zz/64", "1"],
+            "invalid IPv6 network address: fd00::zz",
+            false,
+        );
+        assert_error(
+            &["-6", "--cidr6=fd00::/48", "1"],
+            "IPv6 prefix length needs to be 64 (SLAAC), not 48",
+            false,
+        );
+        assert_error(
+            &["-6", "--cidr6=fd00::100/64", "1"],
+            "CIDR6 needs to be a network address like fd00::/64, not like fd00::100/64",
+            false,
+        );
+        for bad in ["fe80::/64", "ff02::/64", "::/64"] {
+            let text = format!("--cidr6={bad}");
+            let expected = format!(
+                "CIDR6 needs to be a unicast prefix (a unique local fd00::/8 one is best), not {bad}"
+            );
+            assert_error(&["-6", &text, "1"], &expected, false);
+        }
+        assert_error(
+            &["--cidr6=fd00:1::/64", "1"],
+            "--cidr6 needs --enable-ipv6 (-6)",
             false,
         );
     }

@@ -2,7 +2,7 @@
 //! derived address computed once. Nothing downstream re-validates.
 
 use std::ffi::OsString;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
@@ -36,6 +36,8 @@ pub struct NetConfig {
     pub dhcp_end: Ipv4Addr,
     /// net+100: the guest address `-c` assigns, and the default forward target.
     pub guest: Ipv4Addr,
+    /// The IPv6 /64 (`--cidr6`, default fd00::/64), served only with `-6`.
+    pub prefix6: Ipv6Addr,
 }
 
 impl NetConfig {
@@ -52,7 +54,36 @@ impl NetConfig {
             dhcp_start: at(15),
             dhcp_end: at(30),
             guest: at(100),
+            prefix6: DEFAULT_PREFIX6,
         }
+    }
+
+    /// The same network with another IPv6 /64 (the caller has checked it has no host bits).
+    pub fn with_prefix6(self, prefix6: Ipv6Addr) -> Self {
+        NetConfig { prefix6, ..self }
+    }
+
+    fn in_prefix6(&self, host: u64) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.prefix6) | u128::from(host))
+    }
+
+    /// prefix::2, the gateway's global address (TCP/UDP to it reach host `::1`).
+    pub fn gateway6(&self) -> Ipv6Addr {
+        self.in_prefix6(2)
+    }
+
+    /// prefix::3, the DNS redirect.
+    pub fn dns6(&self) -> Ipv6Addr {
+        self.in_prefix6(3)
+    }
+
+    pub fn contains6(&self, addr: Ipv6Addr) -> bool {
+        u128::from(addr) >> 64 == u128::from(self.prefix6) >> 64
+    }
+
+    /// One of the helper's own IPv6 addresses (gateway, DNS, the router's link-local).
+    pub fn is_own6(&self, addr: Ipv6Addr) -> bool {
+        addr == self.gateway6() || addr == self.dns6() || addr == ROUTER_LINK_LOCAL
     }
 
     pub fn netmask(&self) -> Ipv4Addr {
@@ -74,6 +105,11 @@ impl Default for NetConfig {
     }
 }
 
+/// The IPv6 prefix of slirp4netns (COMPAT.md section 3).
+pub const DEFAULT_PREFIX6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0);
+/// fe80::2: where router advertisements come from, so the guest's default route points here.
+pub const ROUTER_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+
 /// Everything a run needs, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -93,13 +129,15 @@ pub struct Config {
     pub userns_path: Option<PathBuf>,
     /// `--outbound-addr`, resolved to an address (an IFNAME is looked up at parse time).
     pub outbound_addr: Option<Ipv4Addr>,
+    /// `--outbound-addr6`, likewise.
+    pub outbound_addr6: Option<Ipv6Addr>,
     pub disable_dns: bool,
     /// `--macaddress`, only valid with `-c`.
     pub mac: Option<[u8; 6]>,
     pub api_socket: Option<PathBuf>,
     /// `-p/--publish`: forwards set up before the ready byte.
     pub publish: Vec<crate::api::ForwardSpec>,
-    /// `-6`: accepted for compatibility; IPv6 arrives in a later issue.
+    /// `-6`: serve IPv6 too (router advertisements for `net.prefix6`, NDP, ICMPv6, relays).
     pub enable_ipv6: bool,
     /// `--enable-seccomp`: install the system call allow-list before the ready byte.
     pub enable_seccomp: bool,

@@ -2,7 +2,7 @@
 //! the exit fd and a signalfd. It does what [`Stack`] decides and nothing else.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
@@ -39,15 +39,18 @@ const FRAME_BUFFER: usize = 65536 + 64;
 pub struct SystemHost {
     epoll: Epoll,
     outbound: Option<Ipv4Addr>,
+    outbound6: Option<Ipv6Addr>,
     loopback_only: bool,
 }
 
 impl SystemHost {
-    pub fn new(outbound: Option<Ipv4Addr>) -> io::Result<Self> {
+    /// `outbound` and `outbound6`: the source addresses of `--outbound-addr(6)`.
+    pub fn new(outbound: Option<Ipv4Addr>, outbound6: Option<Ipv6Addr>) -> io::Result<Self> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         Ok(SystemHost {
             epoll,
             outbound,
+            outbound6,
             loopback_only: false,
         })
     }
@@ -56,7 +59,7 @@ impl SystemHost {
     /// benchmarks that drive the stack in the machine's own network namespace, so that no
     /// guest frame, however random, can make a connection leave the machine.
     pub fn loopback_only() -> io::Result<Self> {
-        let mut host = SystemHost::new(None)?;
+        let mut host = SystemHost::new(None, None)?;
         host.loopback_only = true;
         Ok(host)
     }
@@ -76,12 +79,15 @@ impl SystemHost {
         Ok(())
     }
 
-    /// `--outbound-addr` applies to connections leaving the host, not to its loopback.
+    /// `--outbound-addr(6)` applies to connections leaving the host, not to its loopback.
     fn bind_outbound(&self, socket: &Socket, dst: SocketAddr) -> io::Result<()> {
-        if let (Some(addr), IpAddr::V4(dst_v4)) = (self.outbound, dst.ip()) {
-            if !dst_v4.is_loopback() {
-                socket.bind(&SockAddr::from(SocketAddr::new(addr.into(), 0)))?;
-            }
+        let source = match dst.ip() {
+            IpAddr::V4(ip) if !ip.is_loopback() => self.outbound.map(IpAddr::V4),
+            IpAddr::V6(ip) if !ip.is_loopback() => self.outbound6.map(IpAddr::V6),
+            _ => None,
+        };
+        if let Some(addr) = source {
+            socket.bind(&SockAddr::from(SocketAddr::new(addr, 0)))?;
         }
         Ok(())
     }

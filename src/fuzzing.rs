@@ -101,6 +101,7 @@ pub fn stack_config() -> StackConfig {
         dns_upstream: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 53))),
         limits: Limits::default(),
         gso: false,
+        ipv6: true,
     }
 }
 

@@ -61,7 +61,8 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
     } else {
         first_nameserver(Path::new("/etc/resolv.conf")).map(|ip| std::net::SocketAddr::new(ip, 53))
     };
-    let host = SystemHost::new(config.outbound_addr).context("creating epoll")?;
+    let host =
+        SystemHost::new(config.outbound_addr, config.outbound_addr6).context("creating epoll")?;
     let stack = Stack::new(
         host,
         StackConfig {
@@ -71,6 +72,7 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
             dns_upstream,
             limits: Limits::default(),
             gso,
+            ipv6: config.enable_ipv6,
         },
         Instant::now(),
     );

@@ -4,13 +4,14 @@
 //! its payload first (peeked straight from the host socket into the frame) and the headers
 //! afterwards, so payload bytes are copied exactly once, kernel to frame.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4DstUnreachable,
-    Icmpv4Packet, Icmpv4Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr,
-    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket,
+    Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6Repr, IpAddress,
+    IpProtocol, IpRepr, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr,
+    TcpSeqNumber, UdpPacket,
 };
 
 pub const ETHERNET_HEADER_LEN: usize = 14;
@@ -269,8 +270,8 @@ pub fn udp_payload_offset(addr: IpAddr) -> usize {
 pub fn build_icmpv4_frame(
     frame: &mut Vec<u8>,
     link: Link,
-    src: std::net::Ipv4Addr,
-    dst: std::net::Ipv4Addr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
     repr: &Icmpv4Repr,
 ) -> usize {
     let l4_len = repr.buffer_len();
@@ -291,23 +292,95 @@ pub fn build_icmpv4_frame(
     total
 }
 
-/// An ICMP destination unreachable for a datagram the guest sent: `original` is its IP header
-/// plus at least the first 8 bytes of its payload (RFC 792).
+/// Builds an ICMPv6 message from `src` to `dst`. Returns the frame length.
+pub fn build_icmpv6_frame(
+    frame: &mut Vec<u8>,
+    link: Link,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    repr: &Icmpv6Repr,
+) -> usize {
+    let l4_len = repr.buffer_len();
+    let total = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + l4_len;
+    frame.resize(total, 0);
+    let l4_start = emit_l2_l3(
+        frame,
+        link,
+        src.into(),
+        dst.into(),
+        IpProtocol::Icmpv6,
+        l4_len,
+    );
+    repr.emit(
+        &src,
+        &dst,
+        &mut Icmpv6Packet::new_unchecked(&mut frame[l4_start..total]),
+        &ChecksumCapabilities::default(),
+    );
+    total
+}
+
+/// Why a guest datagram goes nowhere, in terms both ICMP versions have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    Net,
+    Host,
+    Port,
+    /// Administratively prohibited: a hard error for the guest's UDP socket, where network
+    /// and host unreachable are soft ones it never sees.
+    Prohibited,
+}
+
+impl Unreachable {
+    fn v4(self) -> Icmpv4DstUnreachable {
+        match self {
+            Unreachable::Net => Icmpv4DstUnreachable::NetUnreachable,
+            Unreachable::Host => Icmpv4DstUnreachable::HostUnreachable,
+            Unreachable::Port => Icmpv4DstUnreachable::PortUnreachable,
+            Unreachable::Prohibited => Icmpv4DstUnreachable::CommProhibited,
+        }
+    }
+
+    fn v6(self) -> Icmpv6DstUnreachable {
+        match self {
+            Unreachable::Net => Icmpv6DstUnreachable::NoRoute,
+            Unreachable::Host => Icmpv6DstUnreachable::AddrUnreachable,
+            Unreachable::Port => Icmpv6DstUnreachable::PortUnreachable,
+            Unreachable::Prohibited => Icmpv6DstUnreachable::AdminProhibit,
+        }
+    }
+}
+
+/// A destination unreachable from `router` for a datagram the guest sent: `original` is its
+/// IP header, `payload` its payload (or at least the first 8 bytes). ICMPv4 quotes 8 bytes
+/// (RFC 792), ICMPv6 as much as fits in 1280 (RFC 4443).
 pub fn build_unreachable_frame(
     frame: &mut Vec<u8>,
     link: Link,
-    router: std::net::Ipv4Addr,
-    original_header: Ipv4Repr,
-    original_payload_head: &[u8],
-    reason: Icmpv4DstUnreachable,
+    router: IpAddr,
+    original: &IpRepr,
+    payload: &[u8],
+    reason: Unreachable,
 ) -> usize {
-    let head = &original_payload_head[..original_payload_head.len().min(8)];
-    let repr = Icmpv4Repr::DstUnreachable {
-        reason,
-        header: original_header,
-        data: head,
-    };
-    build_icmpv4_frame(frame, link, router, original_header.src_addr, &repr)
+    match (router, original) {
+        (IpAddr::V4(router), IpRepr::Ipv4(header)) => {
+            let repr = Icmpv4Repr::DstUnreachable {
+                reason: reason.v4(),
+                header: *header,
+                data: &payload[..payload.len().min(8)],
+            };
+            build_icmpv4_frame(frame, link, router, header.src_addr, &repr)
+        }
+        (IpAddr::V6(router), IpRepr::Ipv6(header)) => {
+            let repr = Icmpv6Repr::DstUnreachable {
+                reason: reason.v6(),
+                header: *header,
+                data: payload,
+            };
+            build_icmpv6_frame(frame, link, router, header.src_addr, &repr)
+        }
+        _ => unreachable!("an unreachable comes from the datagram's own family"),
+    }
 }
 
 /// A TCP frame larger than the guest's MTU, for the guest kernel to treat as received
@@ -414,6 +487,50 @@ pub fn push_ipv4_fragments(
         packet.set_frag_offset(offset as u16);
         packet.fill_checksum();
         tx.push(frame, start + len);
+        offset += len;
+    }
+}
+
+/// Sends an IPv6 datagram whose L4 bytes exceed the guest's MTU as fragments (RFC 8200
+/// section 4.5), as its source would have had to.
+#[allow(clippy::too_many_arguments)]
+pub fn push_ipv6_fragments(
+    tx: &mut Tx,
+    link: Link,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    protocol: IpProtocol,
+    ident: u32,
+    l4: &[u8],
+    mtu: usize,
+) {
+    const FRAGMENT_HEADER_LEN: usize = 8;
+    let chunk = mtu.saturating_sub(IPV6_HEADER_LEN + FRAGMENT_HEADER_LEN) & !7;
+    if chunk == 0 {
+        return;
+    }
+    let mut offset = 0;
+    while offset < l4.len() {
+        let len = chunk.min(l4.len() - offset);
+        let more = offset + len < l4.len();
+        let mut frame =
+            tx.buffer(ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + FRAGMENT_HEADER_LEN + len);
+        let start = emit_l2_l3(
+            &mut frame,
+            link,
+            src.into(),
+            dst.into(),
+            IpProtocol::Ipv6Frag,
+            FRAGMENT_HEADER_LEN + len,
+        );
+        let header = &mut frame[start..start + FRAGMENT_HEADER_LEN];
+        header[0] = protocol.into();
+        header[1] = 0;
+        header[2..4].copy_from_slice(&((offset as u16) | u16::from(more)).to_be_bytes());
+        header[4..8].copy_from_slice(&ident.to_be_bytes());
+        let data = start + FRAGMENT_HEADER_LEN;
+        frame[data..data + len].copy_from_slice(&l4[offset..offset + len]);
+        tx.push(frame, data + len);
         offset += len;
     }
 }

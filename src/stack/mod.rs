@@ -6,31 +6,32 @@
 //! (through [`host::Host`]). No clock is read here: every input carries `now`. Output frames
 //! collect in [`frame::Tx`] for the event loop to write.
 //!
-//! Deliberately not done (yet): IPv6 (frames are dropped and counted), fragmenting datagrams
-//! from the host that exceed the guest's MTU (dropped and counted).
+//! With IPv6 on, it also sends router advertisements for SLAAC and answers neighbour
+//! discovery ([`ndp`]); TCP, UDP and ICMPv6 echo are relayed as for IPv4.
 
 pub mod dhcp;
 pub mod forward;
 pub mod frame;
 pub mod host;
+pub mod ndp;
 pub mod reassembly;
 pub mod tcp;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket,
-    UdpPacket,
+    Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpProtocol, IpRepr, Ipv4Packet, Ipv4Repr,
+    Ipv6Packet, Ipv6Repr, NdiscRepr, TcpPacket, UdpPacket,
 };
 
 use crate::config::NetConfig;
 use forward::{Forward, ForwardId, ForwardInfo, ForwardStats, Proto};
-use frame::{Link, Tx};
+use frame::{Link, Tx, Unreachable};
 use host::{Host, PingKind, Token};
 use tcp::{FlowKey, Segment, TcpFlow, TcpState, Verdict};
 
@@ -66,6 +67,8 @@ pub struct StackConfig {
     /// The TAP takes GSO frames (vnet header with TSO offloads): TCP data to the guest goes
     /// out in frames of up to 64 KiB, whatever the MTU.
     pub gso: bool,
+    /// `-6`: serve IPv6 on `net.prefix6`; otherwise IPv6 frames are dropped and counted.
+    pub ipv6: bool,
 }
 
 const MIN_MTU: usize = 68;
@@ -190,8 +193,8 @@ enum UdpEnd<S> {
 /// Guest address, destination, and the guest's echo identifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct PingKey {
-    guest: Ipv4Addr,
-    remote: Ipv4Addr,
+    guest: IpAddr,
+    remote: IpAddr,
     ident: u16,
 }
 
@@ -207,8 +210,8 @@ pub struct Stack<H: Host> {
     config: StackConfig,
     /// Our MAC, for the gateway and DNS addresses.
     mac: EthernetAddress,
-    /// Guest addresses and their MACs, learned from what the guest sends.
-    neighbours: HashMap<Ipv4Addr, EthernetAddress>,
+    /// Guest addresses (IPv4 and IPv6) and their MACs, learned from what the guest sends.
+    neighbours: HashMap<IpAddr, EthernetAddress>,
     dhcp: dhcp::DhcpServer,
     reassembly: reassembly::Reassembler,
     tcp: Slab<TcpFlow<H::Socket>>,
@@ -234,6 +237,9 @@ pub struct Stack<H: Host> {
     next_ip_ident: u16,
     next_sweep: Option<Instant>,
     next_timer: Option<Instant>,
+    /// When the next unsolicited router advertisement is due (IPv6 only).
+    next_ra: Option<Instant>,
+    ras_sent: u32,
     scratch: Vec<u8>,
 }
 
@@ -249,6 +255,7 @@ impl<H: Host> Stack<H> {
         // checks the MTU slirpnet was given.
         config.mtu = config.mtu.clamp(MIN_MTU, MAX_MTU);
         let seed = now.elapsed().as_nanos() as u32 ^ std::process::id().rotate_left(16);
+        let next_ra = config.ipv6.then_some(now);
         Stack {
             host,
             mac: gateway_mac(config.net.gateway),
@@ -276,6 +283,8 @@ impl<H: Host> Stack<H> {
             next_ip_ident: 0,
             next_sweep: None,
             next_timer: None,
+            next_ra,
+            ras_sent: 0,
             scratch: vec![0; 65536],
         }
     }
@@ -314,20 +323,21 @@ impl<H: Host> Stack<H> {
         ]
     }
 
-    fn link_mss(&self) -> usize {
-        self.config.mtu.saturating_sub(40).max(8)
+    /// The largest TCP segment the guest's link carries, for a flow of `addr`'s family.
+    fn link_mss(&self, addr: IpAddr) -> usize {
+        link_mss(self.config.mtu, addr)
     }
 
-    fn link_to(&self, guest: Ipv4Addr) -> Link {
+    fn link_to(&self, guest: IpAddr) -> Link {
         link_for(self.mac, &self.neighbours, guest)
     }
 
     /// When the event loop must call [`Stack::poll_timers`] next.
     pub fn poll_at(&self) -> Option<Instant> {
-        match (self.next_timer, self.next_sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.next_timer, self.next_sweep, self.next_ra]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn arm(&mut self, at: Option<Instant>) {
@@ -348,6 +358,9 @@ impl<H: Host> Stack<H> {
         match eth.ethertype() {
             EthernetProtocol::Arp => self.handle_arp(eth.src_addr(), eth.payload()),
             EthernetProtocol::Ipv4 => self.handle_ipv4(now, eth.src_addr(), eth.payload()),
+            EthernetProtocol::Ipv6 if self.config.ipv6 => {
+                self.handle_ipv6(now, eth.src_addr(), eth.payload())
+            }
             _ => self.counters.dropped_unsupported += 1,
         }
     }
@@ -385,7 +398,7 @@ impl<H: Host> Stack<H> {
             if flow.ack_due && flow.state == TcpState::Established {
                 let header = flow.ack_header();
                 let (src, guest) = (flow.key.remote.ip(), flow.key.guest.ip());
-                let link = self.link_to(ipv4_of(guest));
+                let link = self.link_to(guest);
                 self.tx.push_tcp(link, src, guest, &header);
             }
         }
@@ -415,7 +428,7 @@ impl<H: Host> Stack<H> {
             && source_hardware_addr.is_unicast()
         {
             self.neighbours
-                .insert(source_protocol_addr, source_hardware_addr);
+                .insert(source_protocol_addr.into(), source_hardware_addr);
         }
         let net = self.config.net;
         if operation == ArpOperation::Request
@@ -458,8 +471,9 @@ impl<H: Host> Stack<H> {
         };
         let net = self.config.net;
         if net.contains(ip.src_addr) && src_mac.is_unicast() {
-            if self.neighbours.get(&ip.src_addr) != Some(&src_mac) {
-                self.neighbours.insert(ip.src_addr, src_mac);
+            let src = IpAddr::V4(ip.src_addr);
+            if self.neighbours.get(&src) != Some(&src_mac) {
+                self.neighbours.insert(src, src_mac);
             }
         } else if !(ip.src_addr.is_unspecified() && ip.next_header == IpProtocol::Udp) {
             // Only a DHCP client may speak without an address of ours.
@@ -501,56 +515,117 @@ impl<H: Host> Stack<H> {
         l4: &[u8],
     ) {
         match ip.next_header {
-            IpProtocol::Tcp => self.handle_tcp(now, ip, l4),
-            IpProtocol::Udp => self.handle_udp(now, src_mac, ip, l4),
+            IpProtocol::Tcp => self.handle_tcp(now, &IpRepr::Ipv4(*ip), l4),
+            IpProtocol::Udp => self.handle_udp(now, src_mac, &IpRepr::Ipv4(*ip), l4),
             IpProtocol::Icmp => self.handle_icmp(now, ip, l4),
             _ => self.counters.dropped_unsupported += 1,
         }
     }
 
-    /// Where a guest destination really goes on the host, or why it cannot.
-    fn map_destination(&self, dst: SocketAddrV4) -> Result<SocketAddr, Icmpv4DstUnreachable> {
+    fn handle_ipv6(&mut self, now: Instant, src_mac: EthernetAddress, payload: &[u8]) {
+        let Ok(packet) = Ipv6Packet::new_checked(payload) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        if packet.version() != 6 {
+            self.counters.dropped_malformed += 1;
+            return;
+        }
+        let ip = Ipv6Repr {
+            src_addr: packet.src_addr(),
+            dst_addr: packet.dst_addr(),
+            next_header: packet.next_header(),
+            payload_len: usize::from(packet.payload_len()),
+            hop_limit: packet.hop_limit(),
+        };
+        let src = ip.src_addr;
         let net = self.config.net;
-        if *dst.ip() == net.gateway {
-            if self.config.disable_host_loopback {
-                return Err(Icmpv4DstUnreachable::NetUnreachable);
+        if (net.contains6(src) || ndp::is_link_local(src)) && src_mac.is_unicast() {
+            if !net.is_own6(src) && self.neighbours.get(&IpAddr::V6(src)) != Some(&src_mac) {
+                self.neighbours.insert(src.into(), src_mac);
             }
-            return Ok(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst.port()));
+        } else if !(src.is_unspecified() && ip.next_header == IpProtocol::Icmpv6) {
+            // Only neighbour discovery may speak before the guest has an address.
+            self.counters.dropped_unsupported += 1;
+            return;
         }
-        if *dst.ip() == net.dns {
-            return match self.config.dns_upstream {
-                Some(upstream) if dst.port() == 53 => Ok(upstream),
-                _ => Err(Icmpv4DstUnreachable::PortUnreachable),
-            };
+        let l4 = packet.payload();
+        match ip.next_header {
+            IpProtocol::Tcp => self.handle_tcp(now, &IpRepr::Ipv6(ip), l4),
+            IpProtocol::Udp => self.handle_udp(now, src_mac, &IpRepr::Ipv6(ip), l4),
+            IpProtocol::Icmpv6 => self.handle_icmpv6(now, src_mac, &ip, l4),
+            // Extension headers (hop-by-hop MLD reports, fragments) carry nothing we relay.
+            _ => self.counters.dropped_unsupported += 1,
         }
-        let ip = *dst.ip();
-        if net.contains(ip)
-            || ip.is_broadcast()
-            || ip.is_multicast()
-            || ip.is_unspecified()
-            || ip.is_loopback()
-        {
-            return Err(Icmpv4DstUnreachable::HostUnreachable);
-        }
-        Ok(SocketAddr::V4(dst))
     }
 
-    fn unreachable(&mut self, ip: &Ipv4Repr, l4_head: &[u8], reason: Icmpv4DstUnreachable) {
-        let link = self.link_to(ip.src_addr);
-        let mut frame = self.tx.buffer(0);
-        let original = Ipv4Repr {
-            payload_len: l4_head.len().max(8),
-            ..*ip
+    /// Where a guest destination really goes on the host, or why it cannot.
+    fn map_destination(&self, dst: SocketAddr) -> Result<SocketAddr, Unreachable> {
+        let net = self.config.net;
+        let (gateway, dns, localhost, local) = match dst.ip() {
+            IpAddr::V4(ip) => (
+                ip == net.gateway,
+                ip == net.dns,
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                net.contains(ip)
+                    || ip.is_broadcast()
+                    || ip.is_multicast()
+                    || ip.is_unspecified()
+                    || ip.is_loopback(),
+            ),
+            IpAddr::V6(ip) => (
+                ip == net.gateway6() || ip == crate::config::ROUTER_LINK_LOCAL,
+                ip == net.dns6(),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                // Mapped and compatible IPv4 addresses (::ffff:0:0/96, ::/96) would reach
+                // IPv4 destinations, host loopback included, around the IPv4 rules.
+                net.contains6(ip)
+                    || ndp::is_link_local(ip)
+                    || ip.is_multicast()
+                    || u128::from(ip) >> 32 == 0xffff
+                    || u128::from(ip) >> 32 == 0,
+            ),
         };
-        let router = self.config.net.gateway;
-        let len =
-            frame::build_unreachable_frame(&mut frame, link, router, original, l4_head, reason);
+        if gateway {
+            if self.config.disable_host_loopback {
+                return Err(Unreachable::Net);
+            }
+            return Ok(SocketAddr::new(localhost, dst.port()));
+        }
+        if dns {
+            return match self.config.dns_upstream {
+                Some(upstream) if dst.port() == 53 => Ok(upstream),
+                _ => Err(Unreachable::Port),
+            };
+        }
+        if local {
+            return Err(Unreachable::Host);
+        }
+        Ok(dst)
+    }
+
+    /// Tells the guest that the datagram `ip` + `l4` goes nowhere.
+    fn unreachable(&mut self, ip: &IpRepr, l4: &[u8], reason: Unreachable) {
+        let guest = IpAddr::from(ip.src_addr());
+        let link = self.link_to(guest);
+        let (router, original) = match *ip {
+            IpRepr::Ipv4(v4) => {
+                let original = Ipv4Repr {
+                    payload_len: l4.len().max(8),
+                    ..v4
+                };
+                (IpAddr::V4(self.config.net.gateway), IpRepr::Ipv4(original))
+            }
+            IpRepr::Ipv6(v6) => (IpAddr::V6(self.config.net.gateway6()), IpRepr::Ipv6(v6)),
+        };
+        let mut frame = self.tx.buffer(0);
+        let len = frame::build_unreachable_frame(&mut frame, link, router, &original, l4, reason);
         self.tx.push(frame, len);
     }
 
     // ---- TCP ----
 
-    fn handle_tcp(&mut self, now: Instant, ip: &Ipv4Repr, l4: &[u8]) {
+    fn handle_tcp(&mut self, now: Instant, ip: &IpRepr, l4: &[u8]) {
         let Ok(packet) = TcpPacket::new_checked(l4) else {
             self.counters.dropped_malformed += 1;
             return;
@@ -560,15 +635,15 @@ impl<H: Host> Stack<H> {
             return;
         };
         let key = FlowKey {
-            guest: SocketAddr::new(ip.src_addr.into(), packet.src_port()),
-            remote: SocketAddr::new(ip.dst_addr.into(), packet.dst_port()),
+            guest: SocketAddr::new(ip.src_addr().into(), packet.src_port()),
+            remote: SocketAddr::new(ip.dst_addr().into(), packet.dst_port()),
         };
         let Some(&index) = self.tcp_index.get(&key) else {
             self.handle_tcp_no_flow(ip, l4, key, &segment);
             return;
         };
-        let link_mss = self.link_mss();
-        let link = self.link_to(ip.src_addr);
+        let link_mss = self.link_mss(key.guest.ip());
+        let link = self.link_to(key.guest.ip());
         let flow = self.tcp.get_mut(index).expect("index maps only live flows");
         let mut verdict = flow.on_segment(&mut self.host, now, &segment);
         if segment.syn && flow.state == TcpState::SynAckSent {
@@ -597,26 +672,23 @@ impl<H: Host> Stack<H> {
         self.apply_verdict(index, verdict);
     }
 
-    fn handle_tcp_no_flow(&mut self, ip: &Ipv4Repr, l4: &[u8], key: FlowKey, segment: &Segment) {
+    fn handle_tcp_no_flow(&mut self, ip: &IpRepr, l4: &[u8], key: FlowKey, segment: &Segment) {
         if segment.rst {
             return;
         }
         if !segment.syn || segment.ack.is_some() {
             self.counters.dropped_no_flow += 1;
-            self.reset_unknown(ip, key, segment);
+            self.reset_unknown(key, segment);
             return;
         }
         if self.tcp.len >= self.config.limits.tcp_flows
             || self.connecting >= self.config.limits.pending_connects
         {
             self.counters.dropped_flow_limit += 1;
-            self.reset_unknown(ip, key, segment);
+            self.reset_unknown(key, segment);
             return;
         }
-        let SocketAddr::V4(remote) = key.remote else {
-            return;
-        };
-        let target = match self.map_destination(remote) {
+        let target = match self.map_destination(key.remote) {
             Ok(target) => target,
             Err(reason) => {
                 self.unreachable(ip, l4, reason);
@@ -628,7 +700,8 @@ impl<H: Host> Stack<H> {
             Ok(socket) => {
                 let iss = self.next_iss;
                 self.next_iss = self.next_iss.wrapping_add(0x0101_0101).rotate_left(7);
-                let mut flow = TcpFlow::new(key, socket, segment, iss, self.link_mss());
+                let link_mss = self.link_mss(key.guest.ip());
+                let mut flow = TcpFlow::new(key, socket, segment, iss, link_mss);
                 flow.gso = self.config.gso;
                 let index = self.tcp.insert(flow);
                 self.tcp_index.insert(key, index);
@@ -642,7 +715,7 @@ impl<H: Host> Stack<H> {
 
     fn connect_failed(
         &mut self,
-        ip: &Ipv4Repr,
+        ip: &IpRepr,
         l4: &[u8],
         key: FlowKey,
         segment: &Segment,
@@ -650,21 +723,19 @@ impl<H: Host> Stack<H> {
     ) {
         tracing::debug!(remote = %key.remote, %error, "host connect failed");
         match error.raw_os_error() {
-            Some(libc::ENETUNREACH) => {
-                self.unreachable(ip, l4, Icmpv4DstUnreachable::NetUnreachable)
-            }
+            Some(libc::ENETUNREACH) => self.unreachable(ip, l4, Unreachable::Net),
             Some(libc::EHOSTUNREACH) | Some(libc::ETIMEDOUT) => {
-                self.unreachable(ip, l4, Icmpv4DstUnreachable::HostUnreachable)
+                self.unreachable(ip, l4, Unreachable::Host)
             }
             _ => {
                 self.counters.tcp_connects_refused += 1;
-                self.reset_unknown(ip, key, segment);
+                self.reset_unknown(key, segment);
             }
         }
     }
 
     /// RFC 9293 3.10.7.1: the reset for a segment that belongs to no connection.
-    fn reset_unknown(&mut self, ip: &Ipv4Repr, key: FlowKey, segment: &Segment) {
+    fn reset_unknown(&mut self, key: FlowKey, segment: &Segment) {
         let (seq, ack) = match segment.ack {
             Some(ack) => (ack, None),
             None => {
@@ -683,7 +754,7 @@ impl<H: Host> Stack<H> {
             max_seg_size: None,
             window_scale: None,
         };
-        let link = self.link_to(ip.src_addr);
+        let link = self.link_to(key.guest.ip());
         self.tx
             .push_tcp(link, key.remote.ip(), key.guest.ip(), &header);
     }
@@ -710,7 +781,7 @@ impl<H: Host> Stack<H> {
         match verdict {
             Verdict::Reset => {
                 let header = flow.rst_header();
-                let link = self.link_to(ipv4_of(flow.key.guest.ip()));
+                let link = self.link_to(flow.key.guest.ip());
                 self.tx
                     .push_tcp(link, flow.key.remote.ip(), flow.key.guest.ip(), &header);
                 self.host.abort(flow.socket);
@@ -721,11 +792,12 @@ impl<H: Host> Stack<H> {
     }
 
     fn handle_tcp_event(&mut self, now: Instant, index: usize, readable: bool, writable: bool) {
-        let link_mss = self.link_mss();
-        let Some(flow) = self.tcp.get_mut(index) else {
+        let Some(flow) = self.tcp.entries.get(index).and_then(Option::as_ref) else {
             return;
         };
-        let link = link_for(self.mac, &self.neighbours, ipv4_of(flow.key.guest.ip()));
+        let link_mss = self.link_mss(flow.key.guest.ip());
+        let flow = self.tcp.get_mut(index).expect("checked live");
+        let link = link_for(self.mac, &self.neighbours, flow.key.guest.ip());
         let mut verdict = Verdict::Keep;
         if flow.state == TcpState::Connecting {
             match self.host.connect_result(&flow.socket) {
@@ -776,67 +848,57 @@ impl<H: Host> Stack<H> {
 
     /// The host connect failed after the SYN was taken: answer the guest's SYN now.
     fn connect_failed_async(&mut self, key: FlowKey, guest_isn: u32, error: &io::Error) {
-        let (IpAddr::V4(guest), IpAddr::V4(remote)) = (key.guest.ip(), key.remote.ip()) else {
-            return;
-        };
         // Quote the start of the guest's SYN: ports and its sequence number.
         let mut head = [0u8; 8];
         head[..2].copy_from_slice(&key.guest.port().to_be_bytes());
         head[2..4].copy_from_slice(&key.remote.port().to_be_bytes());
         head[4..8].copy_from_slice(&guest_isn.to_be_bytes());
         let reason = match error.raw_os_error() {
-            Some(libc::ENETUNREACH) => Icmpv4DstUnreachable::NetUnreachable,
-            _ => Icmpv4DstUnreachable::HostUnreachable,
+            Some(libc::ENETUNREACH) => Unreachable::Net,
+            _ => Unreachable::Host,
         };
-        self.unreachable_for_flow(guest, remote, IpProtocol::Tcp, head, reason);
+        self.unreachable_for_flow(key, IpProtocol::Tcp, head, reason);
     }
 
     // ---- UDP ----
 
-    fn handle_udp(&mut self, now: Instant, src_mac: EthernetAddress, ip: &Ipv4Repr, l4: &[u8]) {
+    fn handle_udp(&mut self, now: Instant, src_mac: EthernetAddress, ip: &IpRepr, l4: &[u8]) {
         let Ok(packet) = UdpPacket::new_checked(l4) else {
             self.counters.dropped_malformed += 1;
             return;
         };
         let payload = packet.payload();
         let net = self.config.net;
+        let (src, dst) = (IpAddr::from(ip.src_addr()), IpAddr::from(ip.dst_addr()));
         if packet.dst_port() == DHCP_SERVER_PORT
-            && (ip.dst_addr == net.gateway || ip.dst_addr.is_broadcast())
+            && (dst == IpAddr::V4(net.gateway) || dst == IpAddr::V4(Ipv4Addr::BROADCAST))
         {
             if let Some(reply) = self.dhcp.handle(src_mac, payload) {
                 self.send_dhcp_reply(reply);
             }
             return;
         }
-        if ip.src_addr.is_unspecified() {
+        if src.is_unspecified() {
             self.counters.dropped_unsupported += 1;
             return;
         }
         let key = FlowKey {
-            guest: SocketAddr::new(ip.src_addr.into(), packet.src_port()),
-            remote: SocketAddr::new(ip.dst_addr.into(), packet.dst_port()),
+            guest: SocketAddr::new(src, packet.src_port()),
+            remote: SocketAddr::new(dst, packet.dst_port()),
         };
         let index = match self.udp_index.get(&key) {
             Some(&index) => index,
             None => {
-                let SocketAddr::V4(remote) = key.remote else {
-                    return;
-                };
-                let target = match self.map_destination(remote) {
+                let target = match self.map_destination(key.remote) {
                     Ok(target) => target,
                     Err(reason) => {
-                        if !(ip.dst_addr.is_broadcast()
-                            || ip.dst_addr.is_multicast()
-                            || ip.dst_addr == net.broadcast())
-                        {
+                        if !self.is_group_address(dst) {
                             // Linux treats network and host unreachable as soft errors for
                             // UDP and never tells the socket; "administratively prohibited"
-                            // is a hard error (EHOSTUNREACH), and it is what this is.
+                            // is a hard error (EHOSTUNREACH, EACCES for IPv6), and it is
+                            // what this is.
                             let reason = match reason {
-                                Icmpv4DstUnreachable::NetUnreachable
-                                | Icmpv4DstUnreachable::HostUnreachable => {
-                                    Icmpv4DstUnreachable::CommProhibited
-                                }
+                                Unreachable::Net | Unreachable::Host => Unreachable::Prohibited,
                                 other => other,
                             };
                             self.unreachable(ip, l4, reason);
@@ -853,11 +915,11 @@ impl<H: Host> Stack<H> {
                     Ok(socket) => socket,
                     Err(e) => {
                         tracing::debug!(remote = %target, error = %e, "udp socket failed");
-                        self.unreachable(ip, l4, Icmpv4DstUnreachable::NetUnreachable);
+                        self.unreachable(ip, l4, Unreachable::Net);
                         return;
                     }
                 };
-                let idle = if ip.dst_addr == net.dns {
+                let idle = if dst == IpAddr::V4(net.dns) || dst == IpAddr::V6(net.dns6()) {
                     DNS_IDLE
                 } else {
                     UDP_IDLE
@@ -951,6 +1013,16 @@ impl<H: Host> Stack<H> {
         batch.count = 0;
     }
 
+    /// Broadcast and multicast destinations: never answered with an ICMP error.
+    fn is_group_address(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(v4) => {
+                v4.is_broadcast() || v4.is_multicast() || v4 == self.config.net.broadcast()
+            }
+            IpAddr::V6(v6) => v6.is_multicast(),
+        }
+    }
+
     fn send_dhcp_reply(&mut self, reply: dhcp::DhcpReply) {
         let net = self.config.net;
         let src = SocketAddr::new(net.gateway.into(), DHCP_SERVER_PORT);
@@ -1008,67 +1080,85 @@ impl<H: Host> Stack<H> {
     fn udp_to_guest(&mut self, mut buf: Vec<u8>, n: usize, src: SocketAddr, dst: SocketAddr) {
         let offset = frame::udp_payload_offset(dst.ip());
         let max_payload = self.config.mtu - (offset - frame::ETHERNET_HEADER_LEN);
-        let guest = ipv4_of(dst.ip());
-        let link = self.link_to(guest);
+        let link = self.link_to(dst.ip());
         if n <= max_payload {
             let len = frame::finish_udp_frame(&mut buf, link, src, dst, n);
             self.tx.push(buf, len);
             return;
         }
-        let (IpAddr::V4(src_ip), IpAddr::V4(dst_ip)) = (src.ip(), dst.ip()) else {
+        let l4_start = offset - frame::UDP_HEADER_LEN;
+        let Ok(udp_len) = u16::try_from(frame::UDP_HEADER_LEN + n) else {
             self.counters.dropped_oversized += 1;
             self.tx.recycle(buf);
             return;
         };
-        let l4_start = offset - frame::UDP_HEADER_LEN;
         let mut packet = UdpPacket::new_unchecked(&mut buf[l4_start..offset + n]);
         packet.set_src_port(src.port());
         packet.set_dst_port(dst.port());
-        packet.set_len((frame::UDP_HEADER_LEN + n) as u16);
-        packet.fill_checksum(&src_ip.into(), &dst_ip.into());
+        packet.set_len(udp_len);
+        packet.fill_checksum(&src.ip().into(), &dst.ip().into());
         self.next_ip_ident = self.next_ip_ident.wrapping_add(1);
-        frame::push_ipv4_fragments(
-            &mut self.tx,
-            link,
-            src_ip,
-            dst_ip,
-            IpProtocol::Udp,
-            self.next_ip_ident,
-            &buf[l4_start..offset + n],
-            self.config.mtu,
-        );
+        let l4 = &buf[l4_start..offset + n];
+        match (src.ip(), dst.ip()) {
+            (IpAddr::V4(src_ip), IpAddr::V4(dst_ip)) => frame::push_ipv4_fragments(
+                &mut self.tx,
+                link,
+                src_ip,
+                dst_ip,
+                IpProtocol::Udp,
+                self.next_ip_ident,
+                l4,
+                self.config.mtu,
+            ),
+            (IpAddr::V6(src_ip), IpAddr::V6(dst_ip)) => frame::push_ipv6_fragments(
+                &mut self.tx,
+                link,
+                src_ip,
+                dst_ip,
+                IpProtocol::Udp,
+                u32::from(self.next_ip_ident),
+                l4,
+                self.config.mtu,
+            ),
+            _ => self.counters.dropped_oversized += 1,
+        }
         self.tx.recycle(buf);
     }
 
     fn udp_port_unreachable(&mut self, key: FlowKey) {
-        let (IpAddr::V4(guest), IpAddr::V4(remote)) = (key.guest.ip(), key.remote.ip()) else {
-            return;
-        };
         // Quote the UDP header: ports and a length of 8.
         let mut head = [0u8; 8];
         head[..2].copy_from_slice(&key.guest.port().to_be_bytes());
         head[2..4].copy_from_slice(&key.remote.port().to_be_bytes());
         head[4..6].copy_from_slice(&8u16.to_be_bytes());
-        let reason = Icmpv4DstUnreachable::PortUnreachable;
-        self.unreachable_for_flow(guest, remote, IpProtocol::Udp, head, reason);
+        self.unreachable_for_flow(key, IpProtocol::Udp, head, Unreachable::Port);
     }
 
     /// ICMP unreachable for a flow whose original datagram is gone: its IP header is rebuilt
     /// and `head` stands for the first 8 bytes of its payload (RFC 792).
     fn unreachable_for_flow(
         &mut self,
-        guest: Ipv4Addr,
-        remote: Ipv4Addr,
+        key: FlowKey,
         protocol: IpProtocol,
         head: [u8; 8],
-        reason: Icmpv4DstUnreachable,
+        reason: Unreachable,
     ) {
-        let ip = Ipv4Repr {
-            src_addr: guest,
-            dst_addr: remote,
-            next_header: protocol,
-            payload_len: head.len(),
-            hop_limit: 64,
+        let ip = match (key.guest.ip(), key.remote.ip()) {
+            (IpAddr::V4(guest), IpAddr::V4(remote)) => IpRepr::Ipv4(Ipv4Repr {
+                src_addr: guest,
+                dst_addr: remote,
+                next_header: protocol,
+                payload_len: head.len(),
+                hop_limit: 64,
+            }),
+            (IpAddr::V6(guest), IpAddr::V6(remote)) => IpRepr::Ipv6(Ipv6Repr {
+                src_addr: guest,
+                dst_addr: remote,
+                next_header: protocol,
+                payload_len: head.len(),
+                hop_limit: 64,
+            }),
+            _ => return,
         };
         self.unreachable(&ip, &head, reason);
     }
@@ -1187,9 +1277,15 @@ impl<H: Host> Stack<H> {
         }
     }
 
+    /// The gateway address of `addr`'s family: where host loopback clients appear from.
+    fn gateway_for(&self, addr: IpAddr) -> IpAddr {
+        match addr {
+            IpAddr::V4(_) => IpAddr::V4(self.config.net.gateway),
+            IpAddr::V6(_) => IpAddr::V6(self.config.net.gateway6()),
+        }
+    }
+
     fn accept_forwarded(&mut self, now: Instant, index: usize) {
-        let gateway = IpAddr::V4(self.config.net.gateway);
-        let link_mss = self.link_mss();
         loop {
             let token = Token(KIND_TCP | self.tcp.vacant_index() as u64);
             let Some(forward) = self.forwards.get_mut(index) else {
@@ -1210,6 +1306,8 @@ impl<H: Host> Stack<H> {
                 continue;
             }
             forward.stats.connections_total += 1;
+            let gateway = self.gateway_for(info.guest.ip());
+            let link_mss = self.link_mss(info.guest.ip());
             let mut remote = forward::guest_visible_source(peer, gateway);
             if remote.is_ipv4() != info.guest.is_ipv4() {
                 remote = SocketAddr::new(gateway, peer.port());
@@ -1232,7 +1330,7 @@ impl<H: Host> Stack<H> {
             self.tcp_index.insert(key, index);
             self.counters.tcp_flows_opened += 1;
             self.arm(Some(now));
-            let guest = ipv4_of(info.guest.ip());
+            let guest = info.guest.ip();
             if !self.neighbours.contains_key(&guest) {
                 self.request_mac(guest);
             }
@@ -1240,7 +1338,6 @@ impl<H: Host> Stack<H> {
     }
 
     fn receive_forwarded(&mut self, now: Instant, index: usize) {
-        let gateway = IpAddr::V4(self.config.net.gateway);
         loop {
             let Some(forward) = self.forwards.get_mut(index) else {
                 return;
@@ -1262,6 +1359,10 @@ impl<H: Host> Stack<H> {
                 }
             };
             forward.stats.bytes_to_guest += n as u64;
+            let gateway = match info.guest.ip() {
+                IpAddr::V4(_) => IpAddr::V4(self.config.net.gateway),
+                IpAddr::V6(_) => IpAddr::V6(self.config.net.gateway6()),
+            };
             let mut remote = forward::guest_visible_source(client, gateway);
             if remote.is_ipv4() != info.guest.is_ipv4() {
                 remote = SocketAddr::new(gateway, client.port());
@@ -1298,7 +1399,7 @@ impl<H: Host> Stack<H> {
                     self.next_sweep.get_or_insert(now + SWEEP_INTERVAL);
                 }
             }
-            let guest = ipv4_of(info.guest.ip());
+            let guest = info.guest.ip();
             if !self.neighbours.contains_key(&guest) {
                 self.request_mac(guest);
             }
@@ -1306,8 +1407,18 @@ impl<H: Host> Stack<H> {
         }
     }
 
-    /// ARP request for a guest address we must send to before it spoke (forwards).
-    fn request_mac(&mut self, ip: Ipv4Addr) {
+    /// ARP request or neighbour solicitation for a guest address we must send to before it
+    /// spoke (forwards).
+    fn request_mac(&mut self, ip: IpAddr) {
+        let ip = match ip {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(v6) => {
+                let mut frame = self.tx.buffer(0);
+                let len = ndp::build_neighbor_solicit(&mut frame, self.mac, v6);
+                self.tx.push(frame, len);
+                return;
+            }
+        };
         let request = ArpRepr::EthernetIpv4 {
             operation: ArpOperation::Request,
             source_hardware_addr: self.mac,
@@ -1348,22 +1459,129 @@ impl<H: Host> Stack<H> {
                 seq_no,
                 data,
             };
-            let link = self.link_to(ip.src_addr);
+            let link = self.link_to(ip.src_addr.into());
             let mut frame = self.tx.buffer(0);
             let len = frame::build_icmpv4_frame(&mut frame, link, ip.dst_addr, ip.src_addr, &reply);
             self.tx.push(frame, len);
             return;
         }
+        self.relay_echo(now, &IpRepr::Ipv4(*ip), l4, ident);
+    }
+
+    fn handle_icmpv6(&mut self, now: Instant, src_mac: EthernetAddress, ip: &Ipv6Repr, l4: &[u8]) {
+        let Ok(packet) = Icmpv6Packet::new_checked(l4) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        let Ok(repr) = Icmpv6Repr::parse(
+            &ip.src_addr,
+            &ip.dst_addr,
+            &packet,
+            &ChecksumCapabilities::ignored(),
+        ) else {
+            self.counters.dropped_unsupported += 1;
+            return;
+        };
+        let net = self.config.net;
+        match repr {
+            Icmpv6Repr::EchoRequest {
+                ident,
+                seq_no,
+                data,
+            } => {
+                if !net.is_own6(ip.dst_addr) {
+                    self.relay_echo(now, &IpRepr::Ipv6(*ip), l4, ident);
+                    return;
+                }
+                let reply = Icmpv6Repr::EchoReply {
+                    ident,
+                    seq_no,
+                    data,
+                };
+                let link = self.link_to(ip.src_addr.into());
+                let mut frame = self.tx.buffer(0);
+                let len =
+                    frame::build_icmpv6_frame(&mut frame, link, ip.dst_addr, ip.src_addr, &reply);
+                self.tx.push(frame, len);
+            }
+            // NDP that was routed (hop limit below 255) is forged (RFC 4861 section 6.1).
+            Icmpv6Repr::Ndisc(_) if ip.hop_limit != 255 => self.counters.dropped_malformed += 1,
+            Icmpv6Repr::Ndisc(NdiscRepr::RouterSolicit { .. }) => self.send_router_advert(),
+            Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit { target_addr, .. }) => {
+                if !net.is_own6(target_addr) {
+                    // Another guest address, or the guest checking its own for duplicates.
+                    return;
+                }
+                let solicited = !ip.src_addr.is_unspecified();
+                let (dst, link) = if solicited {
+                    (
+                        ip.src_addr,
+                        Link {
+                            src: self.mac,
+                            dst: src_mac,
+                        },
+                    )
+                } else {
+                    (
+                        ndp::ALL_NODES,
+                        Link {
+                            src: self.mac,
+                            dst: ndp::multicast_mac(ndp::ALL_NODES),
+                        },
+                    )
+                };
+                let mut frame = self.tx.buffer(0);
+                let len = ndp::build_neighbor_advert(&mut frame, link, target_addr, dst, solicited);
+                self.tx.push(frame, len);
+            }
+            Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+                target_addr,
+                lladdr,
+                ..
+            }) => {
+                // The answer to our solicitation for a forward's guest address.
+                let mac = lladdr
+                    .filter(|raw| raw.len() == 6)
+                    .map(|raw| EthernetAddress::from_bytes(raw.as_bytes()))
+                    .unwrap_or(src_mac);
+                if net.contains6(target_addr) && !net.is_own6(target_addr) && mac.is_unicast() {
+                    self.neighbours.insert(target_addr.into(), mac);
+                }
+            }
+            _ => self.counters.dropped_unsupported += 1,
+        }
+    }
+
+    /// A router advertisement to all nodes: the guest's SLAAC address, default route and DNS
+    /// server come from it.
+    fn send_router_advert(&mut self) {
+        let ra = ndp::RouterAdvert {
+            prefix: self.config.net.prefix6,
+            mtu: self.config.mtu,
+            dns: self.config.dns_upstream.map(|_| self.config.net.dns6()),
+        };
+        let link = Link {
+            src: self.mac,
+            dst: ndp::multicast_mac(ndp::ALL_NODES),
+        };
+        let mut frame = self.tx.buffer(0);
+        let len = ndp::build_router_advert(&mut frame, link, ndp::ALL_NODES, &ra);
+        self.tx.push(frame, len);
+    }
+
+    /// An echo request to anywhere but us: sent from a host ICMP socket of the flow.
+    fn relay_echo(&mut self, now: Instant, ip: &IpRepr, l4: &[u8], ident: u16) {
+        let (src, dst) = (IpAddr::from(ip.src_addr()), IpAddr::from(ip.dst_addr()));
         let key = PingKey {
-            guest: ip.src_addr,
-            remote: ip.dst_addr,
+            guest: src,
+            remote: dst,
             ident,
         };
         let index = match self.ping_index.get(&key) {
             Some(&index) => index,
             None => {
-                if let Err(reason) = self.map_destination(SocketAddrV4::new(ip.dst_addr, 0)) {
-                    if !(ip.dst_addr.is_broadcast() || ip.dst_addr == net.broadcast()) {
+                if let Err(reason) = self.map_destination(SocketAddr::new(dst, 0)) {
+                    if !self.is_group_address(dst) {
                         self.unreachable(ip, l4, reason);
                     }
                     return;
@@ -1373,7 +1591,7 @@ impl<H: Host> Stack<H> {
                     return;
                 }
                 let token = Token(KIND_PING | self.ping.vacant_index() as u64);
-                let (socket, kind) = match self.host.ping_connect(ip.dst_addr.into(), token) {
+                let (socket, kind) = match self.host.ping_connect(dst, token) {
                     Ok(pair) => pair,
                     Err(e) => {
                         tracing::debug!(error = %e, "no ICMP socket available");
@@ -1398,7 +1616,8 @@ impl<H: Host> Stack<H> {
             .get_mut(index)
             .expect("index maps only live flows");
         flow.last_active = now;
-        // The same request goes out; a datagram socket replaces the identifier with its own.
+        // The same request goes out; a datagram socket replaces the identifier with its own,
+        // and the kernel computes the ICMPv6 checksum over its own pseudo-header.
         if let Err(e) = self.host.send(&flow.socket, l4) {
             tracing::trace!(error = %e, "ping send failed");
         }
@@ -1414,45 +1633,71 @@ impl<H: Host> Stack<H> {
                 Ok(n) => n,
                 Err(_) => break,
             };
-            let message = match flow.kind {
-                PingKind::Datagram => &buf[..n],
-                PingKind::Raw => match Ipv4Packet::new_checked(&buf[..n]) {
-                    Ok(packet) => {
-                        let header_len = usize::from(packet.header_len());
-                        &buf[header_len..n]
-                    }
-                    Err(_) => continue,
-                },
-            };
-            let Ok(packet) = Icmpv4Packet::new_checked(message) else {
-                continue;
-            };
-            let Ok(Icmpv4Repr::EchoReply {
-                ident,
-                seq_no,
-                data,
-            }) = Icmpv4Repr::parse(&packet, &ChecksumCapabilities::ignored())
-            else {
-                continue;
-            };
-            if flow.kind == PingKind::Raw && ident != flow.key.ident {
-                continue;
-            }
-            flow.last_active = now;
-            let reply = Icmpv4Repr::EchoReply {
-                ident: flow.key.ident,
-                seq_no,
-                data,
-            };
-            let link = link_for(self.mac, &self.neighbours, flow.key.guest);
+            let key = flow.key;
+            let link = link_for(self.mac, &self.neighbours, key.guest);
             let mut frame = self.tx.buffer(0);
-            let len = frame::build_icmpv4_frame(
-                &mut frame,
-                link,
-                flow.key.remote,
-                flow.key.guest,
-                &reply,
-            );
+            let len = match (key.remote, key.guest) {
+                (IpAddr::V4(remote), IpAddr::V4(guest)) => {
+                    // Raw IPv4 sockets deliver the IP header too.
+                    let message = match flow.kind {
+                        PingKind::Datagram => &buf[..n],
+                        PingKind::Raw => match Ipv4Packet::new_checked(&buf[..n]) {
+                            Ok(packet) => &buf[usize::from(packet.header_len())..n],
+                            Err(_) => continue,
+                        },
+                    };
+                    let Ok(packet) = Icmpv4Packet::new_checked(message) else {
+                        continue;
+                    };
+                    let Ok(Icmpv4Repr::EchoReply {
+                        ident,
+                        seq_no,
+                        data,
+                    }) = Icmpv4Repr::parse(&packet, &ChecksumCapabilities::ignored())
+                    else {
+                        continue;
+                    };
+                    if flow.kind == PingKind::Raw && ident != key.ident {
+                        continue;
+                    }
+                    let reply = Icmpv4Repr::EchoReply {
+                        ident: key.ident,
+                        seq_no,
+                        data,
+                    };
+                    frame::build_icmpv4_frame(&mut frame, link, remote, guest, &reply)
+                }
+                (IpAddr::V6(remote), IpAddr::V6(guest)) => {
+                    // IPv6 sockets of both kinds deliver only the ICMPv6 message.
+                    let Ok(packet) = Icmpv6Packet::new_checked(&buf[..n]) else {
+                        continue;
+                    };
+                    let Ok(Icmpv6Repr::EchoReply {
+                        ident,
+                        seq_no,
+                        data,
+                    }) = Icmpv6Repr::parse(
+                        &remote,
+                        &guest,
+                        &packet,
+                        &ChecksumCapabilities::ignored(),
+                    )
+                    else {
+                        continue;
+                    };
+                    if flow.kind == PingKind::Raw && ident != key.ident {
+                        continue;
+                    }
+                    let reply = Icmpv6Repr::EchoReply {
+                        ident: key.ident,
+                        seq_no,
+                        data,
+                    };
+                    frame::build_icmpv6_frame(&mut frame, link, remote, guest, &reply)
+                }
+                _ => continue,
+            };
+            flow.last_active = now;
             self.tx.push(frame, len);
         }
     }
@@ -1479,9 +1724,18 @@ impl<H: Host> Stack<H> {
 
     /// Retransmissions, persist probes, idle expiry.
     pub fn poll_timers(&mut self, now: Instant) {
+        if self.next_ra.is_some_and(|t| t <= now) {
+            self.send_router_advert();
+            self.ras_sent += 1;
+            let interval = if self.ras_sent < ndp::RA_INITIAL_COUNT {
+                ndp::RA_INITIAL_INTERVAL
+            } else {
+                ndp::RA_INTERVAL
+            };
+            self.next_ra = Some(now + interval);
+        }
         if self.next_timer.is_some_and(|t| t <= now) {
             self.next_timer = None;
-            let link_mss = self.link_mss();
             let mut arp_for = Vec::new();
             for index in 0..self.tcp.entries.len() {
                 let Some(flow) = self.tcp.entries[index].as_mut() else {
@@ -1495,10 +1749,12 @@ impl<H: Host> Stack<H> {
                     }
                     None => continue,
                 }
-                let link = link_for(self.mac, &self.neighbours, ipv4_of(flow.key.guest.ip()));
+                let guest = flow.key.guest.ip();
+                let link = link_for(self.mac, &self.neighbours, guest);
                 if flow.state == TcpState::SynSent && link.dst == EthernetAddress::BROADCAST {
-                    arp_for.push(ipv4_of(flow.key.guest.ip()));
+                    arp_for.push(guest);
                 }
+                let link_mss = link_mss(self.config.mtu, guest);
                 let verdict = flow.on_timer(&mut self.host, now, link, link_mss, &mut self.tx);
                 let timer = flow.timer;
                 self.arm(timer);
@@ -1543,8 +1799,8 @@ impl<H: Host> Stack<H> {
 /// A free function so callers can hold a flow borrowed from the stack meanwhile.
 fn link_for(
     mac: EthernetAddress,
-    neighbours: &HashMap<Ipv4Addr, EthernetAddress>,
-    guest: Ipv4Addr,
+    neighbours: &HashMap<IpAddr, EthernetAddress>,
+    guest: IpAddr,
 ) -> Link {
     Link {
         src: mac,
@@ -1555,11 +1811,10 @@ fn link_for(
     }
 }
 
-fn ipv4_of(addr: IpAddr) -> Ipv4Addr {
-    match addr {
-        IpAddr::V4(v4) => v4,
-        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-    }
+/// The largest TCP segment a link of `mtu` carries for `addr`'s family.
+fn link_mss(mtu: usize, addr: IpAddr) -> usize {
+    mtu.saturating_sub(frame::ip_header_len(addr) + frame::TCP_HEADER_LEN)
+        .max(8)
 }
 
 /// Reads a guest TCP segment; `None` for header combinations no stack sends.

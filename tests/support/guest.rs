@@ -14,9 +14,15 @@ use slirpnet::stack::{Limits, Stack, StackConfig};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address,
+};
 
 pub const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
+/// The guest's IPv6 address once [`Harness::enable_ipv6`] gave it (as SLAAC would).
+pub const GUEST_IPV6: Ipv6Address = Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
+/// A link-local address for hand-made NDP frames.
+pub const GUEST_LINK_LOCAL: Ipv6Address = Ipv6Address::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x64);
 
 #[derive(Default)]
 pub struct Wire {
@@ -129,6 +135,15 @@ pub fn stack_config(mtu: usize) -> StackConfig {
         dns_upstream: None,
         limits: Limits::default(),
         gso: false,
+        ipv6: false,
+    }
+}
+
+/// [`stack_config`] with `-6`.
+pub fn stack_config_v6(mtu: usize) -> StackConfig {
+    StackConfig {
+        ipv6: true,
+        ..stack_config(mtu)
     }
 }
 
@@ -167,6 +182,21 @@ impl Harness {
             wire,
             start,
         }
+    }
+
+    /// Gives the guest fd00::100/64, with its default route via fe80::2, the
+    /// router our advertisements name (smoltcp does not do SLAAC itself).
+    pub fn enable_ipv6(&mut self) {
+        self.iface.update_ip_addrs(|addrs| {
+            // smoltcp holds two addresses by default: no room for a link-local one.
+            addrs
+                .push(IpCidr::new(IpAddress::Ipv6(GUEST_IPV6), 64))
+                .unwrap();
+        });
+        self.iface
+            .routes_mut()
+            .add_default_ipv6_route(Ipv6Address::new(0xfe80, 0, 0, 0, 0, 0, 0, 2))
+            .unwrap();
     }
 
     fn guest_now(&self) -> smoltcp::time::Instant {
@@ -249,15 +279,12 @@ impl Harness {
     }
 
     pub fn connect(&mut self, handle: SocketHandle, remote: SocketAddr, local_port: u16) {
-        let SocketAddr::V4(remote) = remote else {
-            panic!("IPv4 only")
-        };
         let cx = self.iface.context();
         self.sockets
             .get_mut::<tcp::Socket>(handle)
             .connect(
                 cx,
-                (IpAddress::Ipv4(*remote.ip()), remote.port()),
+                (IpAddress::from(remote.ip()), remote.port()),
                 local_port,
             )
             .unwrap();
