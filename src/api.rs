@@ -95,6 +95,9 @@ pub enum ApiError {
     /// [`MAX_REQUEST_LEN`] bytes or more.
     TooLarge,
     BadAddArgument(AddField),
+    /// An IPv6 `host_addr` or `guest_addr` without `--enable-ipv6`: slirp4netns's "bad
+    /// arguments" text with the reason appended.
+    Ipv6Disabled(AddField),
     /// The caller's bind failed (port in use, address not local, privileged port).
     AddFailed,
     /// `arguments.id` missing, not a positive integer, or naming no forward (the last is
@@ -125,6 +128,12 @@ impl ApiError {
             }
             ApiError::BadAddArgument(AddField::GuestPort) => {
                 "bad request: add_hostfwd: bad arguments.guest_port"
+            }
+            ApiError::Ipv6Disabled(AddField::GuestAddr) => {
+                "bad request: add_hostfwd: bad arguments.guest_addr: IPv6 needs --enable-ipv6"
+            }
+            ApiError::Ipv6Disabled(_) => {
+                "bad request: add_hostfwd: bad arguments.host_addr: IPv6 needs --enable-ipv6"
             }
             ApiError::AddFailed => "bad request: add_hostfwd: slirp_add_hostfwd failed",
             ApiError::RemoveBadId => "bad request: remove_hostfwd: bad arguments.id",
@@ -203,16 +212,23 @@ fn parse_add(
         _ => return Err(bad(AddField::Proto)),
     };
     let host_addr = json_addr(args.get("host_addr"), Ipv4Addr::UNSPECIFIED.into())
-        .filter(|addr| ipv6_enabled || addr.is_ipv4())
         .ok_or(bad(AddField::HostAddr))?;
+    if host_addr.is_ipv6() && !ipv6_enabled {
+        return Err(ApiError::Ipv6Disabled(AddField::HostAddr));
+    }
     let host_port = args
         .get("host_port")
         .and_then(json_uint)
         .and_then(|port| u16::try_from(port).ok())
         .ok_or(bad(AddField::HostPort))?;
-    let guest_addr = json_addr(args.get("guest_addr"), net.guest.into())
-        .filter(|&addr| valid_guest_addr(addr, net, ipv6_enabled))
-        .ok_or(bad(AddField::GuestAddr))?;
+    let guest_addr =
+        json_addr(args.get("guest_addr"), net.guest.into()).ok_or(bad(AddField::GuestAddr))?;
+    if guest_addr.is_ipv6() && !ipv6_enabled {
+        return Err(ApiError::Ipv6Disabled(AddField::GuestAddr));
+    }
+    if !valid_guest_addr(guest_addr, net) {
+        return Err(bad(AddField::GuestAddr));
+    }
     let guest_port = args
         .get("guest_port")
         .and_then(json_uint)
@@ -252,15 +268,13 @@ fn json_uint(value: &Value) -> Option<u64> {
 
 /// A forward may target any host address of the virtual network except the gateway and
 /// DNS addresses (the helper's own) and the network and broadcast addresses.
-fn valid_guest_addr(addr: IpAddr, net: &NetConfig, ipv6_enabled: bool) -> bool {
+fn valid_guest_addr(addr: IpAddr, net: &NetConfig) -> bool {
     match addr {
         IpAddr::V4(v4) => {
             net.contains(v4) && ![net.network, net.gateway, net.dns, net.broadcast()].contains(&v4)
         }
         // The virtual /64 but for its subnet-router anycast address and the helper's own.
-        IpAddr::V6(v6) => {
-            ipv6_enabled && net.contains6(v6) && v6 != net.prefix6 && !net.is_own6(v6)
-        }
+        IpAddr::V6(v6) => net.contains6(v6) && v6 != net.prefix6 && !net.is_own6(v6),
     }
 }
 
@@ -1005,7 +1019,12 @@ mod tests {
         let text = r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"::1","host_port":8080,"guest_port":80}}"#;
         assert_eq!(
             error_reply(&parse_request(text.as_bytes(), &net(), false).unwrap_err()),
-            add_error("host_addr")
+            r#"{"error":{"desc":"bad request: add_hostfwd: bad arguments.host_addr: IPv6 needs --enable-ipv6"}}"#
+        );
+        let text = r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":8080,"guest_addr":"fd00::100","guest_port":80}}"#;
+        assert_eq!(
+            parse_request(text.as_bytes(), &net(), false),
+            Err(ApiError::Ipv6Disabled(AddField::GuestAddr))
         );
         let Ok(Request::AddHostfwd(spec)) = parse_request(text.as_bytes(), &net(), true) else {
             panic!("IPv6 host_addr refused with IPv6 enabled");

@@ -110,6 +110,34 @@ setup_outer() {
 
 in_remote() { nsenter -t "$REMOTE" -n "$@"; }
 
+# setup_outer_v6 (after setup_outer): IPv6 on the veth to the test host, fd99::1 here,
+# fd99::2 there, and the IPv6 default route into it, where stray packets die as IPv4 ones do.
+setup_outer_v6() {
+    ip -6 addr add fd99::1/64 dev veth-out nodad
+    in_remote ip -6 addr add fd99::2/64 dev veth-rem nodad
+    ip -6 route add default via fd99::2 dev veth-out
+    ip -6 addr show dev lo | grep -q '::1/128' || die "no ::1 on lo"
+}
+
+# wait_slaac PREFIX: until the guest's tap0 holds a usable (not tentative) global address in
+# PREFIX (e.g. "fd00:") and an IPv6 default route; sets GUEST6 and SLAAC_MS, or dies after 10 s.
+wait_slaac() {
+    local prefix=$1 t0 i
+    t0=$(date +%s%N)
+    GUEST6=
+    for i in $(seq 400); do
+        GUEST6=$(in_guest ip -o -6 addr show dev tap0 scope global -tentative |
+            awk '{print $4}' | cut -d/ -f1 | grep "^$prefix" | head -n 1 || true)
+        if [ -n "$GUEST6" ] && [ -n "$(in_guest ip -6 route show default)" ]; then
+            SLAAC_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
+            return 0
+        fi
+        sleep 0.025
+    done
+    in_guest ip -6 addr show dev tap0 >&2 || true
+    die "no SLAAC address in $prefix on tap0"
+}
+
 # wait_netns PID: until PID has its own network namespace (the unshare has happened).
 wait_netns() {
     local pid=$1 mine i
@@ -349,3 +377,8 @@ add_req() {
 remove_req() { printf '{"execute":"remove_hostfwd","arguments":{"id":%s}}' "$1"; }
 LIST_REQ='{"execute":"list_hostfwd"}'
 STATS_REQ='{"execute":"get_stats"}'
+
+# icmp6_in_echos: ICMPv6 echo requests received so far by the remote test host.
+icmp6_in_echos() {
+    in_remote awk '$1 == "Icmp6InEchos" { print $2 }' /proc/net/snmp6
+}

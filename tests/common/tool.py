@@ -2,7 +2,8 @@
 tests/namespaces_forward.rs).
 
 Only ever talks to the addresses it is given; the tests give it loopback, the guest's
-virtual network (10.0.2.0/24), the test host (198.18.0.0/15), or the helper's API socket
+virtual network (10.0.2.0/24, fd00::/64), the test host (198.18.0.0/15, fd99::/64), or the
+helper's API socket
 (a Unix socket in the test's private /tmp), all inside network namespaces the test made
 itself. Every blocking call has a timeout (servers excepted: they die with the test).
 """
@@ -19,21 +20,35 @@ import threading
 import time
 
 
+def family(addr):
+    """The address family of a numeric address (IPv6 ones contain a colon)."""
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 def mark_ready(path):
     if path:
         with open(path, "w") as f:
             f.write("ok\n")
 
 
+def peer_text(peer):
+    """ADDR:PORT, or [ADDR]:PORT for IPv6."""
+    if ":" in peer[0]:
+        return "[%s]:%d" % peer[:2]
+    return "%s:%d" % peer[:2]
+
+
 def log_peer(path, peer):
     if path:
         with open(path, "a") as f:
-            f.write("%s:%d\n" % peer[:2])
+            f.write(peer_text(peer) + "\n")
 
 
 def serve_tcp(addr, port, handler, ready, log=None):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(family(addr), socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if ":" in addr:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     s.bind((addr, port))
     s.listen(512)
     mark_ready(ready)
@@ -102,8 +117,8 @@ def cmd_tcp_echo_server(a):
     serve_tcp(a.addr, a.port, handle, a.ready, a.log)
 
 
-def client_socket(kind, sport):
-    s = socket.socket(socket.AF_INET, kind)
+def client_socket(kind, sport, host="0.0.0.0"):
+    s = socket.socket(family(host), kind)
     if sport:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("", sport))
@@ -111,7 +126,7 @@ def client_socket(kind, sport):
 
 
 def tcp_connect(a):
-    s = client_socket(socket.SOCK_STREAM, getattr(a, "sport", 0))
+    s = client_socket(socket.SOCK_STREAM, getattr(a, "sport", 0), a.host)
     s.settimeout(a.timeout)
     s.connect((a.host, a.port))
     return s
@@ -360,7 +375,7 @@ def cmd_api_hold(a):
 
 
 def cmd_udp_echo_server(a):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family(a.addr), socket.SOCK_DGRAM)
     s.bind((a.addr, a.port))
     mark_ready(a.ready)
     while True:
@@ -368,14 +383,14 @@ def cmd_udp_echo_server(a):
         print("got", len(data), "from", peer, flush=True)
         if a.log:
             with open(a.log, "a") as f:
-                f.write("%s:%d %d\n" % (peer[0], peer[1], len(data)))
+                f.write("%s %d\n" % (peer_text(peer), len(data)))
         s.sendto(b"echo:" + data, peer)
 
 
 def cmd_udp_echo(a):
     """Sends a datagram, prints the reply; retries a few times (UDP may lose the first one
     while ARP resolves)."""
-    s = client_socket(socket.SOCK_DGRAM, a.sport)
+    s = client_socket(socket.SOCK_DGRAM, a.sport, a.host)
     s.settimeout(a.timeout)
     s.connect((a.host, a.port))
     msg = a.message.encode()
@@ -395,7 +410,7 @@ def cmd_udp_echo(a):
 
 def cmd_connect_probe(a):
     """Tries a TCP connect; prints OK or the errno name, and the elapsed seconds."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(family(a.host), socket.SOCK_STREAM)
     s.settimeout(a.timeout)
     t0 = time.monotonic()
     try:
@@ -539,7 +554,7 @@ def cmd_dns_query(a):
             ln = struct.unpack("!H", recv_exact(s, 2))[0]
             r = recv_exact(s, ln)
         else:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = socket.socket(family(a.server), socket.SOCK_DGRAM)
             s.settimeout(a.timeout)
             r = None
             for _ in range(3):
