@@ -278,3 +278,62 @@ result stderr "$(tr '\n' '|' < "$T/run.err")"
     out.expect_eq("down", &want);
     out.expect_eq("stderr", "");
 }
+
+/// IPv6 under the filter and the sandbox together: router advertisements and neighbour
+/// discovery, TCP both ways to host `::1` and to the test host over IPv6, UDP, ping6 through
+/// an ICMPv6 socket, DNS through fd00::3 and an IPv6 forward, then a clean SIGTERM exit.
+#[test]
+fn seccomp_and_sandbox_with_ipv6() {
+    if is_peer() {
+        eprintln!("seccomp_and_sandbox_with_ipv6: skipped: slirp4netns has no IPv6 forwards");
+        return;
+    }
+    let Some(out) = run(
+        "seccomp_and_sandbox_with_ipv6",
+        &format!(
+            "{SECCOMP_STATUS}{}",
+            r#"
+setup_outer
+setup_outer_v6
+make_payload
+result want "$PAYLOAD_SHA 1048576"
+start_server dl opy tcp-download-server --addr ::1 --port 8080 --file "$T/payload"
+start_server ul opy tcp-upload-server --addr ::1 --port 8081
+start_server rdl rpy tcp-download-server --addr fd99::2 --port 8080 --file "$T/payload"
+start_server rue rpy udp-echo-server --addr fd99::2 --port 7777
+start_server dns opy dns-server --addr 127.0.0.1 --port 53 --record test.example=198.18.0.9
+start_guest root
+API=$T/api.sock
+start_helper --enable-seccomp --enable-sandbox -c -6 -a "$API" "$GUEST" tap0
+result seccomp "$(seccomp_status "$HPID")"
+wait_slaac fd00:
+result down "$(gpy tcp-get fd00::2 8080 2>&1)"
+result up "$(gpy tcp-put fd00::2 8081 --file "$T/payload" 2>&1)"
+result rdown "$(gpy tcp-get fd99::2 8080 2>&1)"
+result udp "$(gpy udp-echo fd99::2 7777 --message remote6 2>&1)"
+result ping "$(in_guest timeout 10 busybox ping -6 -c 1 -W 2 fd00::2 2>&1 | grep -o '[0-9]* packets received') $(in_guest timeout 10 busybox ping -6 -c 1 -W 2 fd99::2 2>&1 | grep -o '[0-9]* packets received')"
+result dns "$(gpy dns-query fd00::3 test.example 2>&1)"
+start_server gul gpy tcp-upload-server --addr :: --port 80
+result add "$(api "$(printf '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"::1","host_port":8180,"guest_addr":"%s","guest_port":80}}' "$GUEST6")")"
+result fw_up "$(opy tcp-put ::1 8180 --file "$T/payload" 2>&1)"
+result seccomp_after "$(seccomp_status "$HPID")"
+kill -TERM "$HPID"
+wait_exit "$HPID" 5
+result rc "$RC"
+"#
+        ),
+    ) else {
+        return;
+    };
+    expect_filter_on(&out);
+    out.expect_eq("seccomp_after", out.get("seccomp"));
+    let want = out.get("want").to_string();
+    for key in ["down", "up", "rdown", "fw_up"] {
+        out.expect_eq(key, &want);
+    }
+    out.expect_eq("udp", "echo:remote6");
+    out.expect_eq("ping", "1 packets received 1 packets received");
+    out.expect_eq("dns", "198.18.0.9");
+    out.expect_eq("add", r#"{"return":{"id":1}}"#);
+    out.expect_eq("rc", "0");
+}
