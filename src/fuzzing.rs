@@ -148,6 +148,9 @@ pub fn join_frames<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
 pub struct FramesOutcome {
     /// Frames the stack sent to the guest.
     pub frames_out: usize,
+    /// Of those, the ones sent in answer to a frame (not by a timer, such as the periodic
+    /// router advertisements).
+    pub answers: usize,
     /// Socket operations the host refused.
     pub refused: u64,
     /// The stack's counters at the end ([`Stack::counter_list`]).
@@ -165,7 +168,9 @@ pub fn drive_frames(data: &[u8]) -> FramesOutcome {
     let mut now = start;
     let mut stack = Stack::new(NullHost::default(), config, now);
     let mut frames_out = 0;
-    let mut collect = |stack: &mut Stack<NullHost>| {
+    let mut answers = 0;
+    let mut collect = |stack: &mut Stack<NullHost>| -> usize {
+        let mut taken = 0;
         for frame in stack.tx.take() {
             assert!(
                 frame.len <= frame.buf.len(),
@@ -178,18 +183,22 @@ pub fn drive_frames(data: &[u8]) -> FramesOutcome {
                 "tx frame of {} bytes exceeds the MTU",
                 frame.len
             );
-            frames_out += 1;
+            taken += 1;
             stack.tx.recycle(frame.buf);
         }
+        frames_out += taken;
+        taken
     };
     for record in split_frames(data) {
         now += Duration::from_millis(100) * u32::from(record.step);
         if stack.poll_at().is_some_and(|at| at <= now) {
             stack.poll_timers(now);
+            stack.flush();
+            collect(&mut stack);
         }
         stack.handle_frame(now, record.frame);
         stack.flush();
-        collect(&mut stack);
+        answers += collect(&mut stack);
     }
     // Far enough for every retransmission, idle and reassembly timer to have expired.
     let later = start + Duration::from_secs(24 * 3600);
@@ -199,6 +208,7 @@ pub fn drive_frames(data: &[u8]) -> FramesOutcome {
     assert_no_flows(&stack);
     FramesOutcome {
         frames_out,
+        answers,
         refused: stack.host.refused,
         counters: stack.counter_list(),
     }

@@ -6,7 +6,7 @@
 //! (see docs/fuzzing.md).
 
 use std::fs;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use slirpnet::fuzzing::{drive_api, drive_cli, drive_frames, join_frames, split_frames};
@@ -14,8 +14,8 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress,
     EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet,
-    Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl,
-    TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, NdiscRepr,
+    RawHardwareAddress, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -63,11 +63,16 @@ fn frames_seeds_are_answered() {
         // Reassembled, then a UDP flow to a remote host (refused).
         ("seed-ipv4-fragments", true),
         ("seed-icmp-echo-remote", true),
+        ("seed-ipv6-echo", false),
+        ("seed-ipv6-router-solicit", false),
+        ("seed-ipv6-neighbor-solicit", false),
+        ("seed-ipv6-tcp-syn-remote", true),
+        ("seed-ipv6-udp-dns", true),
     ] {
         let data = fs::read(dir.join(name)).unwrap();
         let outcome = drive_frames(&data);
         assert!(
-            outcome.frames_out > 0 || expect_refused,
+            outcome.answers > 0 || expect_refused,
             "{name}: {outcome:?}"
         );
         assert_eq!(outcome.refused > 0, expect_refused, "{name}: {outcome:?}");
@@ -113,6 +118,11 @@ const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const GUEST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const DNS6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
+const REMOTE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+const GUEST_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x100);
 
 fn ethernet(dst: EthernetAddress, ethertype: EthernetProtocol, payload: &[u8]) -> Vec<u8> {
     let mut buf = vec![0; 14 + payload.len()];
@@ -164,7 +174,7 @@ fn ipv4_frame(dst: Ipv4Addr, protocol: IpProtocol, l4: &[u8]) -> Vec<u8> {
     )
 }
 
-fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+fn udp(src: (IpAddr, u16), dst: (IpAddr, u16), payload: &[u8]) -> Vec<u8> {
     let mut buf = vec![0; 8 + payload.len()];
     UdpRepr {
         src_port: src.1,
@@ -172,8 +182,8 @@ fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
     }
     .emit(
         &mut UdpPacket::new_unchecked(&mut buf[..]),
-        &IpAddress::Ipv4(src.0),
-        &IpAddress::Ipv4(dst.0),
+        &IpAddress::from(src.0),
+        &IpAddress::from(dst.0),
         payload.len(),
         |out| out.copy_from_slice(payload),
         &ChecksumCapabilities::default(),
@@ -182,7 +192,8 @@ fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
 }
 
 fn tcp(
-    dst: (Ipv4Addr, u16),
+    src: IpAddr,
+    dst: (IpAddr, u16),
     control: TcpControl,
     seq: u32,
     ack: Option<u32>,
@@ -205,8 +216,8 @@ fn tcp(
     let mut buf = vec![0; repr.buffer_len()];
     repr.emit(
         &mut TcpPacket::new_unchecked(&mut buf[..]),
-        &IpAddress::Ipv4(GUEST),
-        &IpAddress::Ipv4(dst.0),
+        &IpAddress::from(src),
+        &IpAddress::from(dst.0),
         &ChecksumCapabilities::default(),
     );
     buf
@@ -267,7 +278,7 @@ fn dhcp_discover() -> Vec<u8> {
     repr.emit(&mut DhcpPacket::new_unchecked(&mut dhcp[..]))
         .unwrap();
     let any = Ipv4Addr::UNSPECIFIED;
-    let l4 = udp((any, 68), (Ipv4Addr::BROADCAST, 67), &dhcp);
+    let l4 = udp((any.into(), 68), (Ipv4Addr::BROADCAST.into(), 67), &dhcp);
     ethernet(
         EthernetAddress::BROADCAST,
         EthernetProtocol::Ipv4,
@@ -286,37 +297,78 @@ fn dns_query() -> Vec<u8> {
     q
 }
 
-fn ipv6_echo() -> Vec<u8> {
-    let src = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
-    let dst = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-    let icmp = Icmpv6Repr::EchoRequest {
-        ident: 7,
-        seq_no: 1,
-        data: b"ping6",
-    };
-    let mut buf = vec![0; 40 + icmp.buffer_len()];
+/// An IPv6 frame from the guest around `l4`.
+fn ipv6_frame(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    dst_mac: EthernetAddress,
+    next_header: IpProtocol,
+    hop_limit: u8,
+    l4: &[u8],
+) -> Vec<u8> {
+    let mut buf = vec![0; 40 + l4.len()];
     let mut packet = Ipv6Packet::new_unchecked(&mut buf[..]);
     Ipv6Repr {
         src_addr: src,
         dst_addr: dst,
-        next_header: IpProtocol::Icmpv6,
-        payload_len: icmp.buffer_len(),
-        hop_limit: 64,
+        next_header,
+        payload_len: l4.len(),
+        hop_limit,
     }
     .emit(&mut packet);
-    icmp.emit(
+    packet.payload_mut().copy_from_slice(l4);
+    ethernet(dst_mac, EthernetProtocol::Ipv6, &buf)
+}
+
+/// An ICMPv6 message (NDP ones with hop limit 255, as they must be).
+fn icmpv6_frame(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    dst_mac: EthernetAddress,
+    repr: Icmpv6Repr,
+) -> Vec<u8> {
+    let mut l4 = vec![0; repr.buffer_len()];
+    repr.emit(
         &src,
         &dst,
-        &mut Icmpv6Packet::new_unchecked(packet.payload_mut()),
+        &mut Icmpv6Packet::new_unchecked(&mut l4[..]),
         &ChecksumCapabilities::default(),
     );
-    ethernet(GATEWAY_MAC, EthernetProtocol::Ipv6, &buf)
+    let hop_limit = if matches!(repr, Icmpv6Repr::Ndisc(_)) {
+        255
+    } else {
+        64
+    };
+    ipv6_frame(src, dst, dst_mac, IpProtocol::Icmpv6, hop_limit, &l4)
+}
+
+fn ipv6_echo() -> Vec<u8> {
+    let echo = Icmpv6Repr::EchoRequest {
+        ident: 7,
+        seq_no: 1,
+        data: b"ping6",
+    };
+    icmpv6_frame(GUEST6, GATEWAY6, GATEWAY_MAC, echo)
 }
 
 fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
-    let syn = tcp((GATEWAY, 80), TcpControl::Syn, 1000, None, &[]);
+    let guest = IpAddr::V4(GUEST);
+    let syn = tcp(
+        guest,
+        (GATEWAY.into(), 80),
+        TcpControl::Syn,
+        1000,
+        None,
+        &[],
+    );
     // A UDP datagram to a remote host in two fragments (the first carries the UDP header).
-    let big = udp((GUEST, 40001), (REMOTE, 9), &[0x5a; 100]);
+    let big = udp((guest, 40001), (REMOTE.into(), 9), &[0x5a; 100]);
+    let all_routers = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+    let solicited_gateway = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 2);
+    let lladdr = Some(RawHardwareAddress::from(GUEST_MAC));
+    let remote_tcp = |control, seq, ack, payload: &[u8]| {
+        tcp(guest, (REMOTE.into(), 443), control, seq, ack, payload)
+    };
     let (first, second) = big.split_at(64);
     let frag = |offset: u16, more: bool, data: &[u8]| {
         ethernet(
@@ -343,7 +395,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             vec![ipv4_frame(
                 DNS,
                 IpProtocol::Udp,
-                &udp((GUEST, 40000), (DNS, 53), &dns_query()),
+                &udp((guest, 40000), (DNS.into(), 53), &dns_query()),
             )],
         ),
         (
@@ -364,6 +416,56 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         ),
         ("seed-ipv6-echo", vec![ipv6_echo()]),
         (
+            "seed-ipv6-router-solicit",
+            vec![icmpv6_frame(
+                GUEST_LINK_LOCAL,
+                all_routers,
+                EthernetAddress([0x33, 0x33, 0, 0, 0, 2]),
+                Icmpv6Repr::Ndisc(NdiscRepr::RouterSolicit { lladdr }),
+            )],
+        ),
+        (
+            "seed-ipv6-neighbor-solicit",
+            vec![icmpv6_frame(
+                GUEST_LINK_LOCAL,
+                solicited_gateway,
+                EthernetAddress([0x33, 0x33, 0xff, 0, 0, 2]),
+                Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
+                    target_addr: GATEWAY6,
+                    lladdr,
+                }),
+            )],
+        ),
+        (
+            "seed-ipv6-tcp-syn-remote",
+            vec![ipv6_frame(
+                GUEST6,
+                REMOTE6,
+                GATEWAY_MAC,
+                IpProtocol::Tcp,
+                64,
+                &tcp(
+                    GUEST6.into(),
+                    (REMOTE6.into(), 443),
+                    TcpControl::Syn,
+                    1000,
+                    None,
+                    &[],
+                ),
+            )],
+        ),
+        (
+            "seed-ipv6-udp-dns",
+            vec![ipv6_frame(
+                GUEST6,
+                DNS6,
+                GATEWAY_MAC,
+                IpProtocol::Udp,
+                64,
+                &udp((GUEST6.into(), 40000), (DNS6.into(), 53), &dns_query()),
+            )],
+        ),
+        (
             // A whole conversation: ARP, SYN, data, FIN, RST to a remote host.
             "seed-tcp-conversation",
             vec![
@@ -371,22 +473,22 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 ipv4_frame(
                     REMOTE,
                     IpProtocol::Tcp,
-                    &tcp((REMOTE, 443), TcpControl::Syn, 1000, None, &[]),
+                    &remote_tcp(TcpControl::Syn, 1000, None, &[]),
                 ),
                 ipv4_frame(
                     REMOTE,
                     IpProtocol::Tcp,
-                    &tcp((REMOTE, 443), TcpControl::Psh, 1001, Some(5000), b"hello"),
+                    &remote_tcp(TcpControl::Psh, 1001, Some(5000), b"hello"),
                 ),
                 ipv4_frame(
                     REMOTE,
                     IpProtocol::Tcp,
-                    &tcp((REMOTE, 443), TcpControl::Fin, 1006, Some(5000), &[]),
+                    &remote_tcp(TcpControl::Fin, 1006, Some(5000), &[]),
                 ),
                 ipv4_frame(
                     REMOTE,
                     IpProtocol::Tcp,
-                    &tcp((REMOTE, 443), TcpControl::Rst, 1007, None, &[]),
+                    &remote_tcp(TcpControl::Rst, 1007, None, &[]),
                 ),
             ],
         ),
