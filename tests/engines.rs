@@ -53,7 +53,8 @@ fn words(cmdline: &str) -> Vec<&str> {
 
 /// Rootless Podman, `--network slirp4netns:allow_host_loopback=true`: the container gets tap0
 /// with 10.0.2.100/24 and a default route via 10.0.2.2, and fetches a page from a web server
-/// on the host's 127.0.0.1 through 10.0.2.2. Podman starts the helper the way it starts
+/// on the host's 127.0.0.1 through 10.0.2.2; with IPv6 (Podman's default) it gets an fd00::/64
+/// address by SLAAC and fetches the page from the host's ::1 through fd00::2. Podman starts the helper the way it starts
 /// slirp4netns: `-c`, `--netns-type=path`, MTU 65520 and, by default, `--enable-ipv6`. When the
 /// container ends, no helper is left running.
 #[test]
@@ -72,17 +73,27 @@ mkdir -p "$T/www"
 echo "hello from the host" > "$T/www/index.html"
 chmod -R a+rX "$T/www"
 "$PY" -m http.server 18081 --bind 127.0.0.1 --directory "$T/www" > "$T/http.log" 2>&1 &
+mkdir -p "$T/www6"
+echo "hello over ipv6" > "$T/www6/index.html"
+chmod -R a+rX "$T/www6"
+"$PY" -m http.server 18082 --bind ::1 --directory "$T/www6" > "$T/http6.log" 2>&1 &
 wait_listen 18081
+wait_listen 18082
 # Record the helper's command line while the container runs.
 ( for i in $(seq 1200); do c=$(helper_cmdline); if [ -n "$c" ]; then echo "$c" > "$T/cmdline"; break; fi; sleep 0.05; done ) &
 rc=0
 pm run --rm --network slirp4netns:allow_host_loopback=true --rootfs "$ROOTFS" \
-    sh -c 'ip -o -4 addr show dev tap0; ip route; wget -q -O- http://10.0.2.2:18081/index.html || echo "wget failed: $?"; sleep 1' \
+    sh -c 'ip -o -4 addr show dev tap0; ip route; wget -q -O- http://10.0.2.2:18081/index.html || echo "wget failed: $?"
+           i=0; while [ $i -lt 100 ]; do case "$(ip -6 addr show dev tap0 scope global) $(ip -6 route)" in *"inet6 fd00:"*default*) break ;; esac; i=$((i + 1)); sleep 0.1; done
+           ip -o -6 addr show dev tap0 scope global
+           wget -q -O- "http://[fd00::2]:18082/index.html" || echo "wget6 failed: $?"; sleep 1' \
     > "$T/pm.out" 2> "$T/pm.err" || rc=$?
 result rc "$rc"
 result addr "$(grep -o 'inet [0-9./]*' "$T/pm.out" | head -n1)"
 result route "$(grep '^default' "$T/pm.out" | head -n1)"
-result body "$(grep -c 'hello from the host' "$T/pm.out" || true)"
+result body "$(grep -c '^hello from the host' "$T/pm.out" || true)"
+result addr6 "$(grep -o 'inet6 fd00:[0-9a-f:]*/64' "$T/pm.out" | head -n1)"
+result body6 "$(grep -c '^hello over ipv6' "$T/pm.out" || true)"
 result cmdline "$(cat "$T/cmdline" 2>/dev/null)"
 result left "$(wait_no_helper 10)"
 echo "--- podman stdout:" >&2; cat "$T/pm.out" >&2
@@ -98,6 +109,11 @@ echo "--- podman stderr:" >&2; cat "$T/pm.err" >&2
         v.starts_with("default via 10.0.2.2")
     });
     out.expect_eq("body", "1");
+    // Podman's default --enable-ipv6: SLAAC in fd00::/64, and fd00::2 reaches host ::1.
+    out.expect("addr6", "an fd00::/64 address", |v| {
+        v.starts_with("inet6 fd00:") && v.ends_with("/64")
+    });
+    out.expect_eq("body6", "1");
     let cmdline = out.get("cmdline").to_string();
     let w = words(&cmdline);
     for flag in [
