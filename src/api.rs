@@ -959,8 +959,6 @@ mod tests {
             "0.0.0.0",       // outside
             "10.0.2",        // not an address
             "10.0.2.100/24", // not an address
-            "::1",           // IPv6 disabled
-            "fd00::100",     // IPv6 disabled
         ] {
             assert_eq!(
                 add_with(&format!(
@@ -974,6 +972,16 @@ mod tests {
             add_with(r#""proto":"tcp","host_port":1,"guest_addr":100,"guest_port":2"#),
             e
         );
+        // IPv6 while it is off: the same field named, and why.
+        for addr in ["::1", "fd00::100"] {
+            assert_eq!(
+                add_with(&format!(
+                    r#""proto":"tcp","host_port":1,"guest_addr":"{addr}","guest_port":2"#
+                )),
+                r#"{"error":{"desc":"bad request: add_hostfwd: bad arguments.guest_addr: IPv6 needs --enable-ipv6"}}"#,
+                "{addr}"
+            );
+        }
         // Any other host address of the network is fine, DHCP range included.
         for addr in [
             "10.0.2.1",
@@ -1021,9 +1029,9 @@ mod tests {
             error_reply(&parse_request(text.as_bytes(), &net(), false).unwrap_err()),
             r#"{"error":{"desc":"bad request: add_hostfwd: bad arguments.host_addr: IPv6 needs --enable-ipv6"}}"#
         );
-        let text = r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":8080,"guest_addr":"fd00::100","guest_port":80}}"#;
+        let guest6 = r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":8080,"guest_addr":"fd00::100","guest_port":80}}"#;
         assert_eq!(
-            parse_request(text.as_bytes(), &net(), false),
+            parse_request(guest6.as_bytes(), &net(), false),
             Err(ApiError::Ipv6Disabled(AddField::GuestAddr))
         );
         let Ok(Request::AddHostfwd(spec)) = parse_request(text.as_bytes(), &net(), true) else {

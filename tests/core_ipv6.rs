@@ -62,6 +62,11 @@ fn answers(h: &mut Harness, frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
     for frame in frames {
         h.stack.handle_frame(now, frame);
     }
+    sent(h)
+}
+
+/// Flushes the stack and takes every frame it queued for the guest.
+fn sent(h: &mut Harness) -> Vec<Vec<u8>> {
     h.stack.flush();
     h.stack
         .tx
@@ -69,6 +74,18 @@ fn answers(h: &mut Harness, frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
         .into_iter()
         .map(|f| f.buf[..f.len].to_vec())
         .collect()
+}
+
+/// Parses an ICMPv6 message from the stack, checksum included.
+fn parse_icmpv6<'a>(ip: &Ipv6Repr, message: &'a [u8]) -> Icmpv6Repr<'a> {
+    let packet = Icmpv6Packet::new_checked(message).unwrap();
+    Icmpv6Repr::parse(
+        &ip.src_addr,
+        &ip.dst_addr,
+        &packet,
+        &ChecksumCapabilities::default(),
+    )
+    .expect("a valid ICMPv6 message")
 }
 
 /// The IPv6 header and ICMPv6 bytes of a frame from the stack, if it is ICMPv6.
@@ -130,19 +147,13 @@ fn a_router_solicitation_gets_an_advertisement_with_prefix_mtu_router_and_dns() 
     );
     assert_eq!(ip.dst_addr, v6("ff02::1"));
     assert_eq!(ip.hop_limit, 255, "NDP is only believed with hop limit 255");
-    let packet = Icmpv6Packet::new_checked(&message[..]).unwrap();
-    let Ok(Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
+    let Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
         router_lifetime,
         lladdr,
         mtu,
         prefix_info,
         ..
-    })) = Icmpv6Repr::parse(
-        &ip.src_addr,
-        &ip.dst_addr,
-        &packet,
-        &ChecksumCapabilities::default(),
-    )
+    }) = parse_icmpv6(&ip, &message)
     else {
         panic!("not a router advertisement");
     };
@@ -180,25 +191,12 @@ fn advertisements_follow_cidr6_and_come_unsolicited_too() {
     let start = Instant::now();
     let first = h.stack.poll_at().expect("an advertisement is scheduled");
     h.stack.poll_timers(first);
-    h.stack.flush();
-    let out: Vec<Vec<u8>> = h
-        .stack
-        .tx
-        .take()
-        .into_iter()
-        .map(|f| f.buf[..f.len].to_vec())
-        .collect();
+    let out = sent(&mut h);
     assert_eq!(out.len(), 1);
     let (_, ip, message) = icmpv6_of(&out[0]).unwrap();
-    let packet = Icmpv6Packet::new_checked(&message[..]).unwrap();
-    let Ok(Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
+    let Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
         mtu, prefix_info, ..
-    })) = Icmpv6Repr::parse(
-        &ip.src_addr,
-        &ip.dst_addr,
-        &packet,
-        &ChecksumCapabilities::default(),
-    )
+    }) = parse_icmpv6(&ip, &message)
     else {
         panic!("not a router advertisement");
     };
@@ -235,16 +233,8 @@ fn neighbour_solicitations_for_our_addresses_are_answered_and_others_are_not() {
         assert_eq!(ip.src_addr, v6(target));
         assert_eq!(ip.dst_addr, GUEST_LINK_LOCAL);
         assert_eq!(ip.hop_limit, 255);
-        let packet = Icmpv6Packet::new_checked(&message[..]).unwrap();
-        let repr = Icmpv6Repr::parse(
-            &ip.src_addr,
-            &ip.dst_addr,
-            &packet,
-            &ChecksumCapabilities::default(),
-        )
-        .unwrap();
         assert_eq!(
-            repr,
+            parse_icmpv6(&ip, &message),
             Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
                 flags: NdiscNeighborFlags::ROUTER
                     | NdiscNeighborFlags::SOLICITED
@@ -313,16 +303,15 @@ fn ping6_to_the_gateway_and_dns_addresses_is_answered() {
     for to in ["fd00::2", "fd00::3"] {
         let (data, from) = ping6(&mut h, v6(to)).expect("echo reply");
         assert_eq!(from, IpAddress::Ipv6(v6(to)));
-        let packet = Icmpv6Packet::new_checked(&data).unwrap();
-        let repr = Icmpv6Repr::parse(
-            &v6(to),
-            &GUEST_IPV6,
-            &packet,
-            &ChecksumCapabilities::default(),
-        )
-        .unwrap();
+        let reply_ip = Ipv6Repr {
+            src_addr: v6(to),
+            dst_addr: GUEST_IPV6,
+            next_header: IpProtocol::Icmpv6,
+            payload_len: data.len(),
+            hop_limit: 64,
+        };
         assert_eq!(
-            repr,
+            parse_icmpv6(&reply_ip, &data),
             Icmpv6Repr::EchoReply {
                 ident: 0x4242,
                 seq_no: 7,
@@ -357,26 +346,7 @@ fn guest_transfer(h: &mut Harness, to: SocketAddr, upload: &[u8], expected: &[u8
     h.run_until("established", Duration::from_secs(5), |h| {
         h.tcp(s).state() == State::Established
     });
-    let mut received = Vec::new();
-    let mut sent = 0;
-    h.run_until("transfer", Duration::from_secs(30), |h| {
-        let sock = h.tcp(s);
-        while sock.can_recv() {
-            sock.recv(|buf| {
-                received.extend_from_slice(buf);
-                (buf.len(), ())
-            })
-            .unwrap();
-        }
-        if sent < upload.len() && sock.can_send() {
-            sent += sock.send_slice(&upload[sent..]).unwrap();
-        }
-        if sent == upload.len() && received.len() == expected.len() {
-            sock.close();
-            return true;
-        }
-        false
-    });
+    let received = h.exchange(s, upload, expected.len(), Duration::from_secs(30));
     assert_eq!(received, expected, "download corrupted");
 }
 

@@ -51,33 +51,7 @@ fn transfer_both_ways(impairment: Impairment) {
         h.tcp(s).state() == State::Established
     });
 
-    let mut received = Vec::new();
-    let mut sent = 0;
-    h.run_until("transfer", Duration::from_secs(60), |h| {
-        let sock = h.tcp(s);
-        while sock.can_recv() {
-            sock.recv(|buf| {
-                received.extend_from_slice(buf);
-                (buf.len(), ())
-            })
-            .unwrap();
-        }
-        if sent < upload.len() && sock.can_send() {
-            sent += sock.send_slice(&upload[sent..]).unwrap();
-        }
-        if std::env::var_os("TRACE_PROGRESS").is_some() {
-            eprintln!(
-                "sent {sent} received {} state {:?}",
-                received.len(),
-                sock.state()
-            );
-        }
-        if sent == upload.len() && received.len() == download.len() {
-            sock.close();
-            return true;
-        }
-        false
-    });
+    let received = h.exchange(s, &upload, download.len(), Duration::from_secs(60));
     assert_eq!(received, download, "download corrupted");
     h.run_until("upload done", Duration::from_secs(10), |_| {
         server.is_finished()

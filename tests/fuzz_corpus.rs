@@ -71,10 +71,7 @@ fn frames_seeds_are_answered() {
     ] {
         let data = fs::read(dir.join(name)).unwrap();
         let outcome = drive_frames(&data);
-        assert!(
-            outcome.answers > 0 || expect_refused,
-            "{name}: {outcome:?}"
-        );
+        assert!(outcome.answers > 0 || expect_refused, "{name}: {outcome:?}");
         assert_eq!(outcome.refused > 0, expect_refused, "{name}: {outcome:?}");
     }
 }

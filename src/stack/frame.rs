@@ -202,17 +202,22 @@ pub fn build_tcp_frame(
     payload: &[u8],
 ) -> usize {
     let repr = tcp_repr(header, payload);
-    let l4_len = repr.buffer_len();
-    let total = ETHERNET_HEADER_LEN + ip_header_len(dst) + l4_len;
-    frame.resize(total, 0);
-    let l4_start = emit_l2_l3(frame, link, src, dst, IpProtocol::Tcp, l4_len);
-    repr.emit(
-        &mut TcpPacket::new_unchecked(&mut frame[l4_start..total]),
-        &IpAddress::from(src),
-        &IpAddress::from(dst),
-        &ChecksumCapabilities::default(),
-    );
-    total
+    build_frame(
+        frame,
+        link,
+        src,
+        dst,
+        IpProtocol::Tcp,
+        repr.buffer_len(),
+        |l4| {
+            repr.emit(
+                &mut TcpPacket::new_unchecked(l4),
+                &IpAddress::from(src),
+                &IpAddress::from(dst),
+                &ChecksumCapabilities::default(),
+            )
+        },
+    )
 }
 
 fn tcp_repr<'a>(header: &TcpHeader, payload: &'a [u8]) -> TcpRepr<'a> {
@@ -266,6 +271,24 @@ pub fn udp_payload_offset(addr: IpAddr) -> usize {
     ETHERNET_HEADER_LEN + ip_header_len(addr) + UDP_HEADER_LEN
 }
 
+/// Builds a whole frame whose L4 part (`l4_len` bytes) `emit_l4` writes after the Ethernet
+/// and IP headers. Returns the frame length.
+pub fn build_frame(
+    frame: &mut Vec<u8>,
+    link: Link,
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: IpProtocol,
+    l4_len: usize,
+    emit_l4: impl FnOnce(&mut [u8]),
+) -> usize {
+    let total = ETHERNET_HEADER_LEN + ip_header_len(dst) + l4_len;
+    frame.resize(total, 0);
+    let l4_start = emit_l2_l3(frame, link, src, dst, protocol, l4_len);
+    emit_l4(&mut frame[l4_start..total]);
+    total
+}
+
 /// Builds an ICMPv4 message from `src` to `dst`. Returns the frame length.
 pub fn build_icmpv4_frame(
     frame: &mut Vec<u8>,
@@ -274,22 +297,21 @@ pub fn build_icmpv4_frame(
     dst: Ipv4Addr,
     repr: &Icmpv4Repr,
 ) -> usize {
-    let l4_len = repr.buffer_len();
-    let total = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + l4_len;
-    frame.resize(total, 0);
-    let l4_start = emit_l2_l3(
+    let (src, dst) = (src.into(), dst.into());
+    build_frame(
         frame,
         link,
-        src.into(),
-        dst.into(),
+        src,
+        dst,
         IpProtocol::Icmp,
-        l4_len,
-    );
-    repr.emit(
-        &mut Icmpv4Packet::new_unchecked(&mut frame[l4_start..total]),
-        &ChecksumCapabilities::default(),
-    );
-    total
+        repr.buffer_len(),
+        |l4| {
+            repr.emit(
+                &mut Icmpv4Packet::new_unchecked(l4),
+                &ChecksumCapabilities::default(),
+            )
+        },
+    )
 }
 
 /// Builds an ICMPv6 message from `src` to `dst`. Returns the frame length.
@@ -300,24 +322,23 @@ pub fn build_icmpv6_frame(
     dst: Ipv6Addr,
     repr: &Icmpv6Repr,
 ) -> usize {
-    let l4_len = repr.buffer_len();
-    let total = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + l4_len;
-    frame.resize(total, 0);
-    let l4_start = emit_l2_l3(
+    let len = repr.buffer_len();
+    build_frame(
         frame,
         link,
         src.into(),
         dst.into(),
         IpProtocol::Icmpv6,
-        l4_len,
-    );
-    repr.emit(
-        &src,
-        &dst,
-        &mut Icmpv6Packet::new_unchecked(&mut frame[l4_start..total]),
-        &ChecksumCapabilities::default(),
-    );
-    total
+        len,
+        |l4| {
+            repr.emit(
+                &src,
+                &dst,
+                &mut Icmpv6Packet::new_unchecked(l4),
+                &ChecksumCapabilities::default(),
+            )
+        },
+    )
 }
 
 /// Why a guest datagram goes nowhere, in terms both ICMP versions have.

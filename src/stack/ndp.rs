@@ -4,7 +4,7 @@
 //! We answer neighbour solicitations only for our own addresses (gateway, DNS, the router's
 //! link-local), never for an address the guest is checking for duplicates.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -12,7 +12,7 @@ use smoltcp::wire::{
     NdiscRepr, RawHardwareAddress,
 };
 
-use super::frame::{ETHERNET_HEADER_LEN, IPV6_HEADER_LEN, Link, emit_l2_l3};
+use super::frame::{ETHERNET_HEADER_LEN, Link, build_frame};
 use crate::config::ROUTER_LINK_LOCAL;
 
 /// ff02::1, every node on the link.
@@ -57,25 +57,26 @@ pub struct RouterAdvert {
     pub dns: Option<Ipv6Addr>,
 }
 
-/// Writes Ethernet and IPv6 headers with the NDP hop limit for an ICMPv6 message of `len`
-/// bytes; returns where the message starts.
-fn emit_ndp_headers(
-    frame: &mut [u8],
+/// An NDP message: `build_icmpv6_frame` with the hop limit NDP requires.
+fn build_ndp_frame(
+    frame: &mut Vec<u8>,
     link: Link,
     src: Ipv6Addr,
     dst: Ipv6Addr,
     len: usize,
+    emit: impl FnOnce(&mut [u8]),
 ) -> usize {
-    let start = emit_l2_l3(
+    let total = build_frame(
         frame,
         link,
-        IpAddr::V6(src),
-        IpAddr::V6(dst),
+        src.into(),
+        dst.into(),
         IpProtocol::Icmpv6,
         len,
+        emit,
     );
-    Ipv6Packet::new_unchecked(&mut frame[ETHERNET_HEADER_LEN..start]).set_hop_limit(NDP_HOP_LIMIT);
-    start
+    Ipv6Packet::new_unchecked(&mut frame[ETHERNET_HEADER_LEN..total]).set_hop_limit(NDP_HOP_LIMIT);
+    total
 }
 
 /// A router advertisement from fe80::2: the /64 for SLAAC (on-link, autonomous), the MTU, and
@@ -112,12 +113,10 @@ pub fn build_router_advert(
         message.extend_from_slice(&RDNSS_LIFETIME_S.to_be_bytes());
         message.extend_from_slice(&dns.octets());
     }
-    let total = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + message.len();
-    frame.resize(total, 0);
-    let start = emit_ndp_headers(frame, link, ROUTER_LINK_LOCAL, dst, message.len());
-    frame[start..total].copy_from_slice(&message);
-    Icmpv6Packet::new_unchecked(&mut frame[start..total]).fill_checksum(&ROUTER_LINK_LOCAL, &dst);
-    total
+    build_ndp_frame(frame, link, ROUTER_LINK_LOCAL, dst, message.len(), |l4| {
+        l4.copy_from_slice(&message);
+        Icmpv6Packet::new_unchecked(l4).fill_checksum(&ROUTER_LINK_LOCAL, &dst);
+    })
 }
 
 /// Any NDP message smoltcp can represent, from `src` to `dst`.
@@ -129,17 +128,14 @@ fn build_ndisc(
     repr: NdiscRepr,
 ) -> usize {
     let repr = Icmpv6Repr::Ndisc(repr);
-    let len = repr.buffer_len();
-    let total = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + len;
-    frame.resize(total, 0);
-    let start = emit_ndp_headers(frame, link, src, dst, len);
-    repr.emit(
-        &src,
-        &dst,
-        &mut Icmpv6Packet::new_unchecked(&mut frame[start..total]),
-        &ChecksumCapabilities::default(),
-    );
-    total
+    build_ndp_frame(frame, link, src, dst, repr.buffer_len(), |l4| {
+        repr.emit(
+            &src,
+            &dst,
+            &mut Icmpv6Packet::new_unchecked(l4),
+            &ChecksumCapabilities::default(),
+        )
+    })
 }
 
 /// "`target` is at our MAC", as a router. Solicited answers go to the asker; the answer to

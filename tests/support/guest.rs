@@ -266,6 +266,45 @@ impl Harness {
         }
     }
 
+    /// Sends `upload` on the connected socket `s` while receiving until `expect_len` bytes
+    /// came, then closes it; returns what was received.
+    pub fn exchange(
+        &mut self,
+        s: SocketHandle,
+        upload: &[u8],
+        expect_len: usize,
+        timeout: Duration,
+    ) -> Vec<u8> {
+        let mut received = Vec::new();
+        let mut sent = 0;
+        self.run_until("transfer", timeout, |h| {
+            let sock = h.tcp(s);
+            while sock.can_recv() {
+                sock.recv(|buf| {
+                    received.extend_from_slice(buf);
+                    (buf.len(), ())
+                })
+                .unwrap();
+            }
+            if sent < upload.len() && sock.can_send() {
+                sent += sock.send_slice(&upload[sent..]).unwrap();
+            }
+            if std::env::var_os("TRACE_PROGRESS").is_some() {
+                eprintln!(
+                    "sent {sent} received {} state {:?}",
+                    received.len(),
+                    sock.state()
+                );
+            }
+            if sent == upload.len() && received.len() == expect_len {
+                sock.close();
+                return true;
+            }
+            false
+        });
+        received
+    }
+
     pub fn tcp_socket(&mut self, buffer: usize) -> SocketHandle {
         let socket = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; buffer]),
