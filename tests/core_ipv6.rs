@@ -572,3 +572,33 @@ fn ipv6_forwards_reach_the_guest_over_either_family() {
         assert!(h.stack.remove_forward(info.id));
     }
 }
+
+#[test]
+fn the_neighbour_table_is_bounded_and_unknown_guests_are_still_answered() {
+    let mut h = Harness::new(stack_config_v6(1500));
+    // Echo requests to the gateway from 2000 different addresses of the /64.
+    let frames: Vec<Vec<u8>> = (0..2000u16)
+        .map(|i| {
+            let src = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, i);
+            let echo = Icmpv6Repr::EchoRequest {
+                ident: i,
+                seq_no: 1,
+                data: b"x",
+            };
+            icmpv6_frame(src, v6("fd00::2"), 64, &echo)
+        })
+        .collect();
+    let out = answers(&mut h, &frames);
+    assert_eq!(out.len(), 2000, "every request answered");
+    let full = h
+        .stack
+        .counter_list()
+        .into_iter()
+        .find(|(name, _)| *name == "neighbours_full")
+        .map(|(_, value)| value);
+    assert_eq!(full, Some(2000 - 1024), "addresses past the bound not kept");
+    // The last one, not remembered, is answered to the broadcast address.
+    let (dst_mac, ip, _) = icmpv6_of(out.last().unwrap()).unwrap();
+    assert_eq!(ip.dst_addr, Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, 1999));
+    assert_eq!(dst_mac, EthernetAddress::BROADCAST);
+}

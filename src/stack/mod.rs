@@ -76,6 +76,8 @@ const MAX_MTU: usize = 65521;
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
 
+/// Guest addresses whose MAC we remember.
+const MAX_NEIGHBOURS: usize = 1024;
 /// Idle time after which a UDP flow is forgotten.
 pub const UDP_IDLE: Duration = Duration::from_secs(60);
 /// DNS flows carry one query and its answer: forget them sooner.
@@ -103,6 +105,8 @@ pub struct Counters {
     pub dropped_ping_unavailable: u64,
     pub dropped_oversized: u64,
     pub dropped_tap_full: u64,
+    /// Guest addresses not remembered because [`MAX_NEIGHBOURS`] were.
+    pub neighbours_full: u64,
     pub tcp_flows_opened: u64,
     pub tcp_connects_refused: u64,
     pub udp_flows_opened: u64,
@@ -320,12 +324,26 @@ impl<H: Host> Stack<H> {
             ("dropped_ping_unavailable", c.dropped_ping_unavailable),
             ("dropped_oversized", c.dropped_oversized),
             ("dropped_tap_full", c.dropped_tap_full),
+            ("neighbours_full", c.neighbours_full),
         ]
     }
 
     /// The largest TCP segment the guest's link carries, for a flow of `addr`'s family.
     fn link_mss(&self, addr: IpAddr) -> usize {
         link_mss(self.config.mtu, addr)
+    }
+
+    /// Remembers where a guest address is. Bounded: a guest can send from any number of
+    /// addresses (a /64, or a short `--cidr`), but frames to one we do not know still go out,
+    /// to the broadcast address.
+    fn learn_neighbour(&mut self, ip: IpAddr, mac: EthernetAddress) {
+        if let Some(known) = self.neighbours.get_mut(&ip) {
+            *known = mac;
+        } else if self.neighbours.len() < MAX_NEIGHBOURS {
+            self.neighbours.insert(ip, mac);
+        } else {
+            self.counters.neighbours_full += 1;
+        }
     }
 
     fn link_to(&self, guest: IpAddr) -> Link {
@@ -427,8 +445,7 @@ impl<H: Host> Stack<H> {
             && !source_protocol_addr.is_unspecified()
             && source_hardware_addr.is_unicast()
         {
-            self.neighbours
-                .insert(source_protocol_addr.into(), source_hardware_addr);
+            self.learn_neighbour(source_protocol_addr.into(), source_hardware_addr);
         }
         let net = self.config.net;
         if operation == ArpOperation::Request
@@ -471,10 +488,7 @@ impl<H: Host> Stack<H> {
         };
         let net = self.config.net;
         if net.contains(ip.src_addr) && src_mac.is_unicast() {
-            let src = IpAddr::V4(ip.src_addr);
-            if self.neighbours.get(&src) != Some(&src_mac) {
-                self.neighbours.insert(src, src_mac);
-            }
+            self.learn_neighbour(IpAddr::V4(ip.src_addr), src_mac);
         } else if !(ip.src_addr.is_unspecified() && ip.next_header == IpProtocol::Udp) {
             // Only a DHCP client may speak without an address of ours.
             self.counters.dropped_unsupported += 1;
@@ -541,8 +555,8 @@ impl<H: Host> Stack<H> {
         let src = ip.src_addr;
         let net = self.config.net;
         if (net.contains6(src) || ndp::is_link_local(src)) && src_mac.is_unicast() {
-            if !net.is_own6(src) && self.neighbours.get(&IpAddr::V6(src)) != Some(&src_mac) {
-                self.neighbours.insert(src.into(), src_mac);
+            if !net.is_own6(src) {
+                self.learn_neighbour(IpAddr::V6(src), src_mac);
             }
         } else if !(src.is_unspecified() && ip.next_header == IpProtocol::Icmpv6) {
             // Only neighbour discovery may speak before the guest has an address.
@@ -1484,6 +1498,10 @@ impl<H: Host> Stack<H> {
         };
         let net = self.config.net;
         match repr {
+            // Only neighbour discovery may come from the unspecified address.
+            Icmpv6Repr::EchoRequest { .. } if ip.src_addr.is_unspecified() => {
+                self.counters.dropped_unsupported += 1
+            }
             Icmpv6Repr::EchoRequest {
                 ident,
                 seq_no,
@@ -1545,7 +1563,7 @@ impl<H: Host> Stack<H> {
                     .map(|raw| EthernetAddress::from_bytes(raw.as_bytes()))
                     .unwrap_or(src_mac);
                 if net.contains6(target_addr) && !net.is_own6(target_addr) && mac.is_unicast() {
-                    self.neighbours.insert(target_addr.into(), mac);
+                    self.learn_neighbour(target_addr.into(), mac);
                 }
             }
             _ => self.counters.dropped_unsupported += 1,
