@@ -10,7 +10,7 @@ use std::time::Duration;
 use slirpnet::stack::forward::Proto;
 use smoltcp::socket::tcp::State;
 use smoltcp::socket::udp;
-use support::guest::{Harness, pattern, stack_config};
+use support::guest::{Harness, pattern, recv_all, stack_config};
 
 fn guest(port: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, 2, 100], port))
@@ -60,13 +60,7 @@ fn tcp_forward_carries_bytes_both_ways_and_shows_the_gateway_as_source() {
         if remote.is_none() {
             remote = sock.remote_endpoint();
         }
-        while sock.can_recv() {
-            sock.recv(|b| {
-                received.extend_from_slice(b);
-                (b.len(), ())
-            })
-            .unwrap();
-        }
+        recv_all(sock, &mut received);
         if sent < download.len() && sock.can_send() {
             sent += sock.send_slice(&download[sent..]).unwrap();
         }
@@ -245,13 +239,7 @@ fn removing_a_forward_closes_its_listener_and_keeps_connections() {
     let mut got = Vec::new();
     h.run_until("data after removal", Duration::from_secs(5), |h| {
         let sock = h.tcp(s);
-        while sock.can_recv() {
-            sock.recv(|b| {
-                got.extend_from_slice(b);
-                (b.len(), ())
-            })
-            .unwrap();
-        }
+        recv_all(sock, &mut got);
         got == b"still here"
     });
     // A new forward gets the next id, never a reused one.

@@ -18,7 +18,8 @@ use smoltcp::wire::{
     NdiscPrefixInfoFlags, NdiscRepr, RawHardwareAddress,
 };
 use support::guest::{
-    GUEST_IPV6, GUEST_LINK_LOCAL, GUEST_MAC, Harness, pattern, stack_config, stack_config_v6,
+    GUEST_IPV6, GUEST_LINK_LOCAL, GUEST_MAC, Harness, pattern, recv_all, stack_config,
+    stack_config_v6,
 };
 
 /// 52:55 and the IPv4 gateway address: the helper's MAC for every address it answers for.
@@ -517,13 +518,7 @@ fn guest_echo_one(
         if remote.is_none() {
             remote = sock.remote_endpoint();
         }
-        while sock.can_recv() {
-            sock.recv(|buf| {
-                pending.extend_from_slice(buf);
-                (buf.len(), ())
-            })
-            .unwrap();
-        }
+        recv_all(sock, &mut pending);
         if !pending.is_empty() && sock.can_send() {
             let n = sock.send_slice(&pending).unwrap();
             pending.drain(..n);

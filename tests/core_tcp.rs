@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use smoltcp::socket::tcp::State;
-use support::guest::{Harness, Impairment, pattern, stack_config};
+use support::guest::{Harness, Impairment, pattern, recv_all, stack_config};
 
 fn gateway(port: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, 2, 2], port))
@@ -104,13 +104,7 @@ fn half_close_from_the_guest_then_reply_from_the_host() {
     let mut reply = Vec::new();
     h.run_until("reply and FIN", Duration::from_secs(5), |h| {
         let sock = h.tcp(s);
-        while sock.can_recv() {
-            sock.recv(|b| {
-                reply.extend_from_slice(b);
-                (b.len(), ())
-            })
-            .unwrap();
-        }
+        recv_all(sock, &mut reply);
         matches!(sock.state(), State::TimeWait | State::Closed)
     });
     server.join().unwrap();
@@ -190,13 +184,7 @@ fn large_mtu_transfer_is_intact() {
     let mut received = Vec::new();
     h.run_until("download", Duration::from_secs(30), |h| {
         let sock = h.tcp(s);
-        while sock.can_recv() {
-            sock.recv(|b| {
-                received.extend_from_slice(b);
-                (b.len(), ())
-            })
-            .unwrap();
-        }
+        recv_all(sock, &mut received);
         received.len() == data.len()
     });
     assert!(received == data, "payload corrupted at MTU 65520");

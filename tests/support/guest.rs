@@ -1,6 +1,6 @@
 //! A simulated guest for core tests: a smoltcp interface at 10.0.2.100 whose "TAP" is a pair
-//! of in-memory queues into a real [`Stack`] over real loopback sockets. No root, and nothing
-//! leaves 127.0.0.1.
+//! of in-memory queues into a real [`Stack`] over real loopback sockets (no root, and nothing
+//! leaves 127.0.0.1), or over a simulated host on a virtual clock (`sim_host.rs`).
 
 #![allow(dead_code)]
 
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use slirpnet::config::NetConfig;
 use slirpnet::event_loop::{SystemHost, dispatch_host_events};
+use slirpnet::stack::host::Host;
 use slirpnet::stack::{Limits, Stack, StackConfig};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium};
@@ -115,16 +116,41 @@ impl Impairment {
     }
 }
 
-pub struct Harness {
+/// What the harness needs of a host besides [`Host`]: handing its ready sockets to the stack.
+pub trait TestHost: Host + Sized {
+    /// Hands the host sockets that are ready to the stack.
+    fn dispatch(stack: &mut Stack<Self>, now: Instant);
+    /// Readiness waits to be dispatched (virtual time must not move on yet).
+    fn has_ready(&self) -> bool {
+        false
+    }
+}
+
+impl TestHost for SystemHost {
+    fn dispatch(stack: &mut Stack<Self>, _: Instant) {
+        dispatch_host_events(stack, 1).unwrap();
+    }
+}
+
+/// Where the harness's time comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    Real,
+    /// Simulated time: moved on by [`Harness::run_until`] to the next thing due.
+    Virtual(Instant),
+}
+
+pub struct Harness<H: TestHost = SystemHost> {
     pub impairment: Impairment,
     /// Frames on the delayed link, with the time they arrive.
     to_stack: VecDeque<(Instant, Vec<u8>)>,
     to_guest: VecDeque<(Instant, Vec<u8>)>,
-    pub stack: Stack<SystemHost>,
+    pub stack: Stack<H>,
     pub iface: Interface,
     pub sockets: SocketSet<'static>,
     pub wire: Wire,
     pub start: Instant,
+    pub clock: Clock,
 }
 
 pub fn stack_config(mtu: usize) -> StackConfig {
@@ -147,13 +173,23 @@ pub fn stack_config_v6(mtu: usize) -> StackConfig {
     }
 }
 
-impl Harness {
+impl Harness<SystemHost> {
+    /// A stack over real loopback sockets, on the real clock.
     pub fn new(config: StackConfig) -> Self {
+        // Loopback only: no guest frame in a test can reach beyond this machine.
+        Harness::with_host(SystemHost::loopback_only().unwrap(), config, Clock::Real)
+    }
+}
+
+impl<H: TestHost> Harness<H> {
+    pub fn with_host(host: H, config: StackConfig, clock: Clock) -> Self {
         // The simulated guest keeps a sane MTU whatever the stack was told.
         let mtu = config.mtu.max(68);
-        let start = Instant::now();
-        // Loopback only: no guest frame in a test can reach beyond this machine.
-        let stack = Stack::new(SystemHost::loopback_only().unwrap(), config, start);
+        let start = match clock {
+            Clock::Real => Instant::now(),
+            Clock::Virtual(at) => at,
+        };
+        let stack = Stack::new(host, config, start);
         let mut wire = Wire {
             mtu,
             ..Wire::default()
@@ -181,6 +217,7 @@ impl Harness {
             sockets: SocketSet::new(vec![]),
             wire,
             start,
+            clock,
         }
     }
 
@@ -199,8 +236,17 @@ impl Harness {
             .unwrap();
     }
 
-    fn guest_now(&self) -> smoltcp::time::Instant {
-        smoltcp::time::Instant::from_micros(self.start.elapsed().as_micros() as i64)
+    /// The harness's time: the real clock's, or the simulated one.
+    pub fn now(&self) -> Instant {
+        match self.clock {
+            Clock::Real => Instant::now(),
+            Clock::Virtual(now) => now,
+        }
+    }
+
+    /// Time since the harness started, as the guest's smoltcp counts it.
+    pub fn guest_now(&self) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros((self.now() - self.start).as_micros() as i64)
     }
 
     /// One round: guest output into the stack, host sockets, timers, stack output to the guest.
@@ -208,7 +254,7 @@ impl Harness {
         let now = self.guest_now();
         self.iface.poll(now, &mut self.wire, &mut self.sockets);
         self.impairment.apply(&mut self.wire.from_guest);
-        let now = Instant::now();
+        let now = self.now();
         let release = now + self.impairment.one_way_delay;
         self.to_stack
             .extend(self.wire.from_guest.drain(..).map(|frame| (release, frame)));
@@ -218,14 +264,14 @@ impl Harness {
         }
         self.stack.flush();
         self.collect();
-        dispatch_host_events(&mut self.stack, 1).unwrap();
-        let now = Instant::now();
+        H::dispatch(&mut self.stack, now);
+        let now = self.now();
         if self.stack.poll_at().is_some_and(|at| at <= now) {
             self.stack.poll_timers(now);
         }
         self.stack.flush();
         self.collect();
-        let now = Instant::now();
+        let now = self.now();
         while self.to_guest.front().is_some_and(|(at, _)| *at <= now) {
             let (_, frame) = self.to_guest.pop_front().expect("checked");
             self.wire.to_guest.push_back(frame);
@@ -243,7 +289,7 @@ impl Harness {
             self.stack.tx.recycle(frame.buf);
         }
         self.impairment.apply(&mut batch);
-        let release = Instant::now() + self.impairment.one_way_delay;
+        let release = self.now() + self.impairment.one_way_delay;
         if self.impairment.one_way_delay.is_zero() {
             self.wire.to_guest.extend(batch);
         } else {
@@ -252,16 +298,50 @@ impl Harness {
         }
     }
 
-    /// Steps until `done` or the deadline; panics on timeout with `what`.
+    /// On a virtual clock, moves time on to the next thing due: a frame arriving, a timer of
+    /// the stack or of the guest, or host readiness (which is due now). With nothing due, time
+    /// jumps to `limit`.
+    fn advance(&mut self, limit: Instant) {
+        let Clock::Virtual(now) = self.clock else {
+            return;
+        };
+        // Frames the guest sent at the end of the last step leave now, and frames that
+        // reached it are taken now.
+        if self.stack.host.has_ready()
+            || !self.wire.from_guest.is_empty()
+            || !self.wire.to_guest.is_empty()
+        {
+            return;
+        }
+        let guest = self
+            .iface
+            .poll_at(self.guest_now(), &self.sockets)
+            .map(|at| self.start + Duration::from_micros(at.total_micros() as u64));
+        let next = [
+            self.to_stack.front().map(|(at, _)| *at),
+            self.to_guest.front().map(|(at, _)| *at),
+            self.stack.poll_at(),
+            guest,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(limit);
+        self.clock = Clock::Virtual(next.max(now));
+    }
+
+    /// Steps until `done` or the deadline (real or virtual, as the clock is); panics on
+    /// timeout with `what`.
     pub fn run_until(
         &mut self,
         what: &str,
         timeout: Duration,
         mut done: impl FnMut(&mut Self) -> bool,
     ) {
-        let deadline = Instant::now() + timeout;
+        let deadline = self.now() + timeout;
         while !done(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(self.now() < deadline, "timed out waiting for {what}");
+            self.advance(deadline);
             self.step();
         }
     }
@@ -279,13 +359,7 @@ impl Harness {
         let mut sent = 0;
         self.run_until("transfer", timeout, |h| {
             let sock = h.tcp(s);
-            while sock.can_recv() {
-                sock.recv(|buf| {
-                    received.extend_from_slice(buf);
-                    (buf.len(), ())
-                })
-                .unwrap();
-            }
+            recv_all(sock, &mut received);
             if sent < upload.len() && sock.can_send() {
                 sent += sock.send_slice(&upload[sent..]).unwrap();
             }
@@ -326,6 +400,18 @@ impl Harness {
                 (IpAddress::from(remote.ip()), remote.port()),
                 local_port,
             )
+            .unwrap();
+    }
+}
+
+/// Appends everything `socket` has received to `into`.
+pub fn recv_all(socket: &mut tcp::Socket, into: &mut Vec<u8>) {
+    while socket.can_recv() {
+        socket
+            .recv(|b| {
+                into.extend_from_slice(b);
+                (b.len(), ())
+            })
             .unwrap();
     }
 }
