@@ -305,10 +305,13 @@ fn a_long_round_trip_is_not_capped_by_a_64k_window() {
     let rtt = Duration::from_millis(20);
     let bytes = 16 << 20;
     let capped = bytes as f64 / 65536.0 * rtt.as_secs_f64();
-    // Guest to host runs on the window we advertise (4 MiB, scaled): several times faster.
+    // Guest to host runs on the window we advertise (4 MiB, scaled): faster than a 64 KiB
+    // window could ever be. On real time the figure depends on the machine's load (1.8–2.4 s
+    // with the other tests of this file running on two busy cores, over the 1.7 s once
+    // asserted here), so it is asserted on a virtual clock instead (core_vclock.rs: 0.11 s).
     let secs = timed_transfer(rtt / 2, bytes, true);
     assert!(
-        secs < capped / 3.0,
+        secs < capped,
         "upload took {secs:.2} s; a 64 KiB window would take {capped:.2} s"
     );
     // Host to guest keeps unacknowledged bytes in the host socket's receive buffer, which the
