@@ -31,7 +31,7 @@ fn gateway(port: u16) -> SocketAddr {
 }
 
 /// A guest with a socket of `buffer` bytes each way, connected through the stack to a
-/// simulated host peer that sends `download`, over the delayed link.
+/// simulated `host`, over the delayed link.
 fn connected(
     host: SimHost,
     buffer: usize,
@@ -69,7 +69,7 @@ fn upload(bytes: usize, impairment: Impairment) -> f64 {
         let received = h.stack.host.connections[0].received.len();
         if std::env::var_os("TRACE_PROGRESS").is_some() {
             eprintln!(
-                "{:?} sent {sent} unacknowledged {queued} received {received}",
+                "{:?} sent {sent} queued {queued} received {received}",
                 h.now() - started
             );
         }

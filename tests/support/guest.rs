@@ -339,9 +339,16 @@ impl<H: TestHost> Harness<H> {
         mut done: impl FnMut(&mut Self) -> bool,
     ) {
         let deadline = self.now() + timeout;
+        // Steps at one virtual instant: a loop that never lets time move is a harness bug.
+        let (mut last, mut same) = (self.now(), 0u32);
         while !done(self) {
             assert!(self.now() < deadline, "timed out waiting for {what}");
             self.advance(deadline);
+            if matches!(self.clock, Clock::Virtual(_)) {
+                same = if self.now() == last { same + 1 } else { 0 };
+                last = self.now();
+                assert!(same < 100_000, "virtual time stuck waiting for {what}");
+            }
             self.step();
         }
     }
