@@ -210,6 +210,8 @@ fn flow_limit_refuses_new_connections_and_keeps_old_ones() {
         h.tcp(c).state() == State::Closed
     });
     assert_eq!(h.stack.counters.dropped_flow_limit, 1);
+    assert_eq!(h.counter("limit_tcp_flows"), 1);
+    assert_eq!(h.counter("limit_pending_connects"), 0);
     assert_eq!(h.tcp(a).state(), State::Established);
     assert_eq!(h.stack.tcp_flow_count(), 2);
 }
@@ -288,6 +290,7 @@ fn udp_flow_limit_drops_new_flows_and_counts_them() {
     assert!(h.sockets.get_mut::<udp::Socket>(s).recv().is_err());
     assert_eq!(h.stack.udp_flow_count(), 2);
     assert_eq!(h.stack.counters.dropped_flow_limit, 1);
+    assert_eq!(h.counter("limit_udp_flows"), 1);
 }
 
 #[test]

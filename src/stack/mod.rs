@@ -13,6 +13,7 @@ pub mod dhcp;
 pub mod forward;
 pub mod frame;
 pub mod host;
+pub mod limits;
 pub mod ndp;
 pub mod reassembly;
 pub mod tcp;
@@ -33,27 +34,8 @@ use crate::config::NetConfig;
 use forward::{Forward, ForwardId, ForwardInfo, ForwardStats, Proto};
 use frame::{Link, Tx, Unreachable};
 use host::{Host, PingKind, Token};
+pub use limits::{Bound, Limits};
 use tcp::{FlowKey, Segment, TcpFlow, TcpState, Verdict};
-
-/// Bounds on what a guest can make us hold (ARCHITECTURE.md: bound every table).
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub tcp_flows: usize,
-    pub pending_connects: usize,
-    pub udp_flows: usize,
-    pub ping_flows: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            tcp_flows: 4096,
-            pending_connects: 256,
-            udp_flows: 1024,
-            ping_flows: 256,
-        }
-    }
-}
 
 /// How the stack reaches the host besides the guest's own destinations.
 #[derive(Debug, Clone)]
@@ -111,6 +93,18 @@ pub struct Counters {
     pub tcp_connects_refused: u64,
     pub udp_flows_opened: u64,
     pub ping_flows_opened: u64,
+    /// How often each bound was hit; new flows refused at one also count in
+    /// `dropped_flow_limit`.
+    pub limit_hits: limits::LimitHits,
+}
+
+impl Counters {
+    /// A new flow refused at `bound`: counted by bound and in the total.
+    fn refuse_flow(&mut self, bound: Bound) {
+        tracing::trace!(%bound, "new flow refused at its bound");
+        self.limit_hits.count(bound);
+        self.dropped_flow_limit += 1;
+    }
 }
 
 /// A slab of flows: stable indices used as event loop tokens.
@@ -221,6 +215,8 @@ pub struct Stack<H: Host> {
     tcp: Slab<TcpFlow<H::Socket>>,
     tcp_index: HashMap<FlowKey, usize>,
     connecting: usize,
+    /// TCP flows that came through a port forward.
+    forwarded: usize,
     udp: Slab<UdpFlow<H::Socket>>,
     udp_index: HashMap<FlowKey, usize>,
     ping: Slab<PingFlow<H::Socket>>,
@@ -271,6 +267,7 @@ impl<H: Host> Stack<H> {
             tcp: Slab::new(),
             tcp_index: HashMap::new(),
             connecting: 0,
+            forwarded: 0,
             udp: Slab::new(),
             udp_index: HashMap::new(),
             ping: Slab::new(),
@@ -305,7 +302,7 @@ impl<H: Host> Stack<H> {
     /// frames dropped by reason.
     pub fn counter_list(&self) -> Vec<(&'static str, u64)> {
         let c = &self.counters;
-        vec![
+        [
             ("tcp_flows", self.tcp.len as u64),
             ("tcp_connecting", self.connecting as u64),
             ("udp_flows", self.udp.len as u64),
@@ -326,6 +323,25 @@ impl<H: Host> Stack<H> {
             ("dropped_tap_full", c.dropped_tap_full),
             ("neighbours_full", c.neighbours_full),
         ]
+        .into_iter()
+        .chain(c.limit_hits.list())
+        .collect()
+    }
+
+    /// The bound a new TCP flow would exceed, if any: every flow counts against the TCP
+    /// table, a guest's connect also against connects in progress, an accepted forward
+    /// connection against forwarded connections.
+    fn full_tcp_bound(&self, forwarded: bool) -> Option<Bound> {
+        let limits = &self.config.limits;
+        if self.tcp.len >= limits.tcp_flows {
+            return Some(Bound::TcpFlows);
+        }
+        let (held, bound) = if forwarded {
+            (self.forwarded, Bound::ForwardConnections)
+        } else {
+            (self.connecting, Bound::PendingConnects)
+        };
+        (held >= limits.get(bound)).then_some(bound)
     }
 
     /// The largest TCP segment the guest's link carries, for a flow of `addr`'s family.
@@ -660,6 +676,9 @@ impl<H: Host> Stack<H> {
         let link = self.link_to(key.guest.ip());
         let flow = self.tcp.get_mut(index).expect("index maps only live flows");
         let mut verdict = flow.on_segment(&mut self.host, now, &segment);
+        if std::mem::take(&mut flow.buffer_filled) {
+            self.counters.limit_hits.count(Bound::FlowBuffer);
+        }
         if segment.syn && flow.state == TcpState::SynAckSent {
             // Retransmitted SYN: repeat our SYN-ACK.
             let header = flow.syn_ack(link_mss);
@@ -695,10 +714,8 @@ impl<H: Host> Stack<H> {
             self.reset_unknown(key, segment);
             return;
         }
-        if self.tcp.len >= self.config.limits.tcp_flows
-            || self.connecting >= self.config.limits.pending_connects
-        {
-            self.counters.dropped_flow_limit += 1;
+        if let Some(bound) = self.full_tcp_bound(false) {
+            self.counters.refuse_flow(bound);
             self.reset_unknown(key, segment);
             return;
         }
@@ -717,6 +734,7 @@ impl<H: Host> Stack<H> {
                 let link_mss = self.link_mss(key.guest.ip());
                 let mut flow = TcpFlow::new(key, socket, segment, iss, link_mss);
                 flow.gso = self.config.gso;
+                flow.set_buffer_limit(self.config.limits.flow_buffer);
                 let index = self.tcp.insert(flow);
                 self.tcp_index.insert(key, index);
                 self.connecting += 1;
@@ -783,6 +801,9 @@ impl<H: Host> Stack<H> {
         self.tcp_index.remove(&flow.key);
         if flow.state == TcpState::Connecting {
             self.connecting -= 1;
+        }
+        if flow.forward.is_some() {
+            self.forwarded -= 1;
         }
         if let Some(forward) = flow
             .forward
@@ -921,7 +942,7 @@ impl<H: Host> Stack<H> {
                     }
                 };
                 if self.udp.len >= self.config.limits.udp_flows {
-                    self.counters.dropped_flow_limit += 1;
+                    self.counters.refuse_flow(Bound::UdpFlows);
                     return;
                 }
                 let token = Token(KIND_UDP | self.udp.vacant_index() as u64);
@@ -1314,12 +1335,15 @@ impl<H: Host> Stack<H> {
                 }
             };
             let info = forward.info;
-            if self.tcp.len >= self.config.limits.tcp_flows {
-                self.counters.dropped_flow_limit += 1;
+            if let Some(bound) = self.full_tcp_bound(true) {
+                // Accepted and closed at once: the host client sees a reset, not a hang.
+                self.counters.refuse_flow(bound);
                 self.host.abort(socket);
                 continue;
             }
-            forward.stats.connections_total += 1;
+            if let Some(forward) = self.forwards.get_mut(index) {
+                forward.stats.connections_total += 1;
+            }
             let gateway = self.gateway_for(info.guest.ip());
             let link_mss = self.link_mss(info.guest.ip());
             let mut remote = forward::guest_visible_source(peer, gateway);
@@ -1339,7 +1363,9 @@ impl<H: Host> Stack<H> {
             self.next_iss = self.next_iss.wrapping_add(0x0101_0101).rotate_left(7);
             let mut flow = TcpFlow::new_outbound(key, socket, iss, link_mss, now);
             flow.forward = Some(info.id);
+            self.forwarded += 1;
             flow.gso = self.config.gso;
+            flow.set_buffer_limit(self.config.limits.flow_buffer);
             let index = self.tcp.insert(flow);
             self.tcp_index.insert(key, index);
             self.counters.tcp_flows_opened += 1;
@@ -1393,7 +1419,7 @@ impl<H: Host> Stack<H> {
                 }
                 None => {
                     if self.udp.len >= self.config.limits.udp_flows {
-                        self.counters.dropped_flow_limit += 1;
+                        self.counters.refuse_flow(Bound::UdpFlows);
                         self.tx.recycle(buf);
                         continue;
                     }
@@ -1605,7 +1631,7 @@ impl<H: Host> Stack<H> {
                     return;
                 }
                 if self.ping.len >= self.config.limits.ping_flows {
-                    self.counters.dropped_flow_limit += 1;
+                    self.counters.refuse_flow(Bound::PingFlows);
                     return;
                 }
                 let token = Token(KIND_PING | self.ping.vacant_index() as u64);

@@ -22,11 +22,14 @@ use super::frame::{
     Link, TcpHeader, Tx, finish_tcp_frame, finish_tcp_gso_frame, tcp_payload_offset,
 };
 
-/// How many bytes of guest data we hold when the host socket is full. It is also the largest
-/// window we advertise.
-pub const RECEIVE_BUFFER: usize = 4 << 20;
-/// Window scale we offer: 4 MiB windows need a shift of at least 7.
+/// How many bytes of guest data a flow holds when the host socket is full, unless
+/// `--limit flow-buffer` says otherwise. It is also the largest window we advertise.
+pub const RECEIVE_BUFFER: usize = super::limits::DEFAULT_FLOW_BUFFER;
+/// The smallest window scale we offer: 4 MiB windows need a shift of at least 7. Larger
+/// buffers get the shift they need ([`window_shift_for`]).
 pub const WINDOW_SHIFT: u8 = 7;
+/// RFC 7323 2.3: no larger shift is allowed.
+const MAX_WINDOW_SHIFT: u8 = 14;
 /// Guest data is sent to the host socket at the end of each batch of frames, or as soon as
 /// this much has collected.
 const SEND_CHUNK: usize = 256 << 10;
@@ -95,6 +98,10 @@ pub struct TcpFlow<S> {
     rcv_acked: u32,
     /// Bytes from `rcv_acked` on, received in order but not yet taken by the host socket.
     pending: Vec<u8>,
+    /// The most `pending` may hold (`--limit flow-buffer`), and so the largest window.
+    buffer: usize,
+    /// The window scale we offer, large enough for `buffer`.
+    window_shift: u8,
     out_of_order: Vec<(u32, Vec<u8>)>,
     /// Sequence number of the guest's FIN once every byte before it arrived.
     guest_fin_seq: Option<u32>,
@@ -128,6 +135,18 @@ pub struct TcpFlow<S> {
     /// The ACK must go now: a duplicate ACK for out-of-order data (RFC 5681 4.2) is what
     /// triggers the guest's fast retransmit, and coalescing it would hide the loss.
     pub ack_now: bool,
+    /// `pending` filled to within a segment of `buffer`: the guest must wait for the host
+    /// socket. The stack counts it (`limit_flow_buffer`) and clears the flag.
+    pub buffer_filled: bool,
+}
+
+/// The window scale that lets a 16-bit window field advertise `buffer` bytes (within 1 << shift).
+pub fn window_shift_for(buffer: usize) -> u8 {
+    let mut shift = WINDOW_SHIFT;
+    while buffer >> shift > 0xffff && shift < MAX_WINDOW_SHIFT {
+        shift += 1;
+    }
+    shift
 }
 
 fn seq_lt(a: u32, b: u32) -> bool {
@@ -151,6 +170,8 @@ impl<S> TcpFlow<S> {
             scaling,
             rcv_acked: syn.seq.wrapping_add(1),
             pending: Vec::new(),
+            buffer: RECEIVE_BUFFER,
+            window_shift: WINDOW_SHIFT,
             out_of_order: Vec::new(),
             guest_fin_seq: None,
             guest_fin_forwarded: false,
@@ -173,7 +194,15 @@ impl<S> TcpFlow<S> {
             bytes_to_host: 0,
             bytes_to_guest: 0,
             gso: false,
+            buffer_filled: false,
         }
+    }
+
+    /// Bounds the guest data this flow holds (and so its window) to `bytes`. Call before
+    /// the first SYN or SYN-ACK goes out: the window scale offered there follows from it.
+    pub fn set_buffer_limit(&mut self, bytes: usize) {
+        self.buffer = bytes;
+        self.window_shift = window_shift_for(bytes);
     }
 
     /// A flow for a host connection accepted on a port forward: we open the connection to the
@@ -228,13 +257,16 @@ impl<S> TcpFlow<S> {
         self.ack_now = true;
     }
 
-    /// The window we advertise, scaled for the header.
+    /// The window we advertise, scaled for the header. It counts from the ACK number, and
+    /// everything in `pending` lies past it (we acknowledge only what the host socket took):
+    /// a window of the whole buffer is exactly what `pending` can still take, and its right
+    /// edge never moves left (RFC 9293 3.8.6.2.2). Subtracting `pending` again would count
+    /// those bytes twice, and the guest would stop at half the buffer.
     fn window_field(&self) -> u16 {
-        let free = RECEIVE_BUFFER.saturating_sub(self.pending.len());
         if self.scaling {
-            (free >> WINDOW_SHIFT).min(0xffff) as u16
+            (self.buffer >> self.window_shift).min(0xffff) as u16
         } else {
-            free.min(0xffff) as u16
+            self.buffer.min(0xffff) as u16
         }
     }
 
@@ -266,9 +298,9 @@ impl<S> TcpFlow<S> {
             seq: self.iss,
             ack: Some(self.rcv_acked),
             // RFC 7323: the window in a SYN is never scaled.
-            window: RECEIVE_BUFFER.min(0xffff) as u16,
+            window: self.buffer.min(0xffff) as u16,
             max_seg_size: Some(link_mss.min(0xffff) as u16),
-            window_scale: self.scaling.then_some(WINDOW_SHIFT),
+            window_scale: self.scaling.then_some(self.window_shift),
         }
     }
 
@@ -434,8 +466,8 @@ impl<S> TcpFlow<S> {
     fn queue_out_of_order(&mut self, expected: u32, seq: u32, payload: &[u8]) {
         let ahead = seq.wrapping_sub(expected) as usize;
         let queued: usize = self.out_of_order.iter().map(|(_, d)| d.len()).sum();
-        if ahead + payload.len() > RECEIVE_BUFFER - self.pending.len()
-            || queued + payload.len() > RECEIVE_BUFFER
+        if ahead + payload.len() > self.buffer.saturating_sub(self.pending.len())
+            || queued + payload.len() > self.buffer
         {
             return;
         }
@@ -496,10 +528,15 @@ impl<S> TcpFlow<S> {
         host: &mut H,
         data: &[u8],
     ) -> Result<(), Verdict> {
-        let room = RECEIVE_BUFFER - self.pending.len();
+        let room = self.buffer.saturating_sub(self.pending.len());
         // Past the window we advertised: not acknowledged, the guest sends it again.
         self.pending
             .extend_from_slice(&data[..data.len().min(room)]);
+        // Within a segment of the bound: the guest cannot send another full one.
+        let left = self.buffer.saturating_sub(self.pending.len());
+        if room >= self.mss && left < self.mss {
+            self.buffer_filled = true;
+        }
         self.flush_due = true;
         if self.pending.len() >= SEND_CHUNK {
             self.send_pending(host)?;
@@ -706,5 +743,24 @@ impl<S> TcpFlow<S> {
     /// Bytes waiting for the host socket (for tests and counters).
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_shift_lets_the_window_field_cover_the_buffer() {
+        assert_eq!(window_shift_for(4 << 10), WINDOW_SHIFT);
+        assert_eq!(window_shift_for(64 << 10), WINDOW_SHIFT);
+        assert_eq!(window_shift_for(RECEIVE_BUFFER), WINDOW_SHIFT);
+        // 8 MiB >> 7 is 65536, one more than the field holds.
+        assert_eq!(window_shift_for(8 << 20), 8);
+        assert_eq!(window_shift_for(1 << 30), MAX_WINDOW_SHIFT);
+        for buffer in [4 << 10, 1 << 20, 8 << 20, 100 << 20] {
+            let shift = window_shift_for(buffer);
+            assert!(buffer >> shift <= 0xffff, "{buffer}");
+        }
     }
 }

@@ -151,6 +151,8 @@ pub struct Harness<H: TestHost = SystemHost> {
     pub wire: Wire,
     pub start: Instant,
     pub clock: Clock,
+    /// When set, every frame the stack sends the guest is also kept here.
+    pub to_guest_log: Option<Vec<Vec<u8>>>,
 }
 
 pub fn stack_config(mtu: usize) -> StackConfig {
@@ -218,6 +220,7 @@ impl<H: TestHost> Harness<H> {
             wire,
             start,
             clock,
+            to_guest_log: None,
         }
     }
 
@@ -285,6 +288,9 @@ impl<H: TestHost> Harness<H> {
         let mut batch = VecDeque::new();
         for frame in self.stack.tx.take() {
             assert!(frame.gso.is_none(), "no GSO without a vnet header");
+            if let Some(log) = &mut self.to_guest_log {
+                log.push(frame.buf[..frame.len].to_vec());
+            }
             batch.push_back(frame.buf[..frame.len].to_vec());
             self.stack.tx.recycle(frame.buf);
         }
@@ -384,6 +390,16 @@ impl<H: TestHost> Harness<H> {
             false
         });
         received
+    }
+
+    /// A `get_stats` counter by name; panics on a name the stack does not have.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.stack
+            .counter_list()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no counter {name}"))
+            .1
     }
 
     pub fn tcp_socket(&mut self, buffer: usize) -> SocketHandle {
