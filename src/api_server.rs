@@ -11,11 +11,10 @@ use crate::api::{self, ApiError, Request};
 use crate::config::NetConfig;
 use crate::event_loop::SystemHost;
 use crate::stack::Stack;
+use crate::stack::limits::{Bound, LimitHits};
 
 /// How long a client may take to send its request and read the reply.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Clients served at once; more are closed at accept.
-pub const MAX_CLIENTS: usize = 64;
 
 struct Client {
     stream: UnixStream,
@@ -32,6 +31,8 @@ pub struct ApiServer {
     dir: std::os::fd::OwnedFd,
     name: PathBuf,
     clients: Vec<Option<Client>>,
+    /// Clients served at once (`--limit api-clients`); more are accepted and closed.
+    max_clients: usize,
     net: NetConfig,
     ipv6: bool,
 }
@@ -44,7 +45,7 @@ enum Progress {
 
 impl ApiServer {
     /// Binds the socket, replacing a stale file at `path`.
-    pub fn bind(path: &Path, net: NetConfig, ipv6: bool) -> io::Result<Self> {
+    pub fn bind(path: &Path, net: NetConfig, ipv6: bool, max_clients: usize) -> io::Result<Self> {
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -75,13 +76,15 @@ impl ApiServer {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| path.to_owned()),
             clients: Vec::new(),
+            max_clients,
             net,
             ipv6,
         })
     }
 
-    /// Accepts waiting clients; returns the slots to register with epoll.
-    pub fn accept(&mut self, now: Instant) -> Vec<(usize, &UnixStream)> {
+    /// Accepts waiting clients; returns the slots to register with epoll. Clients over the
+    /// bound are closed at once and counted in `hits`.
+    pub fn accept(&mut self, now: Instant, hits: &mut LimitHits) -> Vec<(usize, &UnixStream)> {
         let mut accepted = Vec::new();
         loop {
             let stream = match self.listener.accept() {
@@ -93,7 +96,11 @@ impl ApiServer {
                 }
             };
             let open = self.clients.iter().filter(|c| c.is_some()).count();
-            if open >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+            if open >= self.max_clients {
+                hits.count(Bound::ApiClients);
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
                 continue;
             }
             let client = Client {

@@ -15,6 +15,7 @@ use clap::Parser;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 
 use crate::config::{Config, NetConfig, Target};
+use crate::stack::Limits;
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +98,7 @@ const LONG_OPTIONS: &[(&str, Option<char>)] = &[
     ("target-type", None),
     ("enable-sandbox", None),
     ("enable-seccomp", None),
+    ("limit", None),
 ];
 
 /// The tokenised command line, before any validation. Values stay strings so that
@@ -159,6 +161,9 @@ struct RawArgs {
     /// The system call allow-list (src/sys/seccomp.rs).
     #[arg(long)]
     enable_seccomp: bool,
+    /// `NAME=N`, repeatable: a resource bound (src/stack/limits.rs).
+    #[arg(long, allow_hyphen_values = true, action = clap::ArgAction::Append)]
+    limit: Vec<String>,
     /// `PID|PATH [TAPNAME]`, plus any extra words slirp4netns would warn about.
     positionals: Vec<OsString>,
     /// Run mode: everything after `--`.
@@ -331,6 +336,10 @@ fn build_config(raw: RawArgs, warnings: &mut Vec<String>) -> Result<Config, CliE
         .map(|spec| crate::api::parse_publish(spec, &net, raw.enable_ipv6))
         .collect::<Result<Vec<_>, String>>()
         .map_err(CliError::without_usage)?;
+    let mut limits = Limits::default();
+    for spec in &raw.limit {
+        limits.apply(spec).map_err(CliError::without_usage)?;
+    }
 
     Ok(Config {
         publish,
@@ -351,6 +360,7 @@ fn build_config(raw: RawArgs, warnings: &mut Vec<String>) -> Result<Config, CliE
         enable_ipv6: raw.enable_ipv6,
         enable_seccomp: raw.enable_seccomp,
         enable_sandbox: raw.enable_sandbox,
+        limits,
     })
 }
 
@@ -695,6 +705,7 @@ COMMAND's status.
 --enable-seccomp         enable seccomp to limit syscalls (an allow-list; see docs/security.md)
 --enable-sandbox         after start-up, pivot into an empty root, drop capabilities
                          (all but CAP_NET_BIND_SERVICE) and set no-new-privs
+--limit=NAME=N           change a resource bound, e.g. tcp-flows=8192 (repeatable; see docs/security.md)
 -h, --help               show this help and exit
 -v, --version            show version and exit
 "
@@ -759,6 +770,7 @@ mod tests {
         assert_eq!(config.api_socket, None);
         assert!(!config.enable_ipv6);
         assert!(!config.enable_seccomp);
+        assert_eq!(config.limits, Limits::default());
     }
 
     #[test]
@@ -925,6 +937,7 @@ mod tests {
             "--ready-fd",
             "--enable-seccomp",
             "--enable-sandbox",
+            "--limit",
         ] {
             assert!(words.contains(&probed), "--help lacks {probed}");
         }
@@ -1287,6 +1300,70 @@ mod tests {
             "slirpnet: option '--enable-seccomp' doesn't allow an argument",
             true,
         );
+    }
+
+    #[test]
+    fn limit_is_repeatable_and_changes_only_what_it_names() {
+        let config = run(&[
+            "--limit",
+            "tcp-flows=8192",
+            "--limit=api-clients=4",
+            "1",
+            "--lim",
+            "flow-buffer=64K",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.limits,
+            Limits {
+                tcp_flows: 8192,
+                api_clients: 4,
+                flow_buffer: 64 << 10,
+                ..Limits::default()
+            }
+        );
+        // The same bound twice: the last one counts, as with every other option.
+        let config = run(&["--limit=udp-flows=5", "--limit=udp-flows=7", "1"]).unwrap();
+        assert_eq!(config.limits.udp_flows, 7);
+    }
+
+    #[test]
+    fn limit_errors_are_one_line() {
+        assert_error(
+            &["--limit", "tcp-flows", "1"],
+            "--limit expects NAME=N, got \"tcp-flows\"",
+            false,
+        );
+        assert_error(
+            &["--limit=bogus=1", "1"],
+            "--limit: unknown name \"bogus\" (one of tcp-flows, pending-connects, udp-flows, \
+             ping-flows, forward-connections, api-clients, flow-buffer)",
+            false,
+        );
+        assert_error(
+            &["--limit=tcp-flows=0", "1"],
+            "--limit tcp-flows must be an integer from 1 to 1048576, got \"0\"",
+            false,
+        );
+        assert_error(
+            &["--limit=ping-flows=-3", "1"],
+            "--limit ping-flows must be an integer from 1 to 1048576, got \"-3\"",
+            false,
+        );
+        assert_error(
+            &["--limit=flow-buffer=1", "1"],
+            "--limit flow-buffer must be a byte count from 4096 to 1073741824 \
+             (a K, M or G suffix multiplies by 1024), got \"1\"",
+            false,
+        );
+        assert_error(
+            &["1", "--limit"],
+            "slirpnet: option '--limit' requires an argument",
+            true,
+        );
+        for args in [&["--limit=tcp-flows=0", "1"][..], &["--limit=x", "1"]] {
+            assert_eq!(error(args).message().lines().count(), 1, "{args:?}");
+        }
     }
 
     #[test]

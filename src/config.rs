@@ -143,4 +143,6 @@ pub struct Config {
     pub enable_seccomp: bool,
     /// `--enable-sandbox`: after start-up, an empty root, no capabilities, no-new-privs.
     pub enable_sandbox: bool,
+    /// `--limit NAME=N`: resource bounds, the defaults unless changed.
+    pub limits: crate::stack::Limits,
 }

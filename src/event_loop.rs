@@ -484,7 +484,7 @@ impl EventLoop {
         let Some(api) = &mut self.api else {
             return Ok(());
         };
-        for (slot, stream) in api.accept(now) {
+        for (slot, stream) in api.accept(now, &mut self.stack.counters.limit_hits) {
             let flags = EpollFlags::EPOLLIN
                 | EpollFlags::EPOLLOUT
                 | EpollFlags::EPOLLRDHUP

@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::api_server::ApiServer;
 use crate::config::{Config, Target};
 use crate::event_loop::{self, EventLoop, Exit, SystemHost};
-use crate::stack::{Limits, Stack, StackConfig};
+use crate::stack::{Stack, StackConfig};
 use crate::sys;
 
 /// Runs slirpnet; returns the process exit status.
@@ -70,7 +70,7 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
             mtu: config.mtu as usize,
             disable_host_loopback: config.disable_host_loopback,
             dns_upstream,
-            limits: Limits::default(),
+            limits: config.limits,
             gso,
             ipv6: config.enable_ipv6,
         },
@@ -86,8 +86,13 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
         .api_socket
         .as_deref()
         .map(|path| {
-            ApiServer::bind(path, config.net, config.enable_ipv6)
-                .with_context(|| format!("binding the API socket {}", path.display()))
+            ApiServer::bind(
+                path,
+                config.net,
+                config.enable_ipv6,
+                config.limits.api_clients,
+            )
+            .with_context(|| format!("binding the API socket {}", path.display()))
         })
         .transpose()?;
     if config.enable_sandbox {

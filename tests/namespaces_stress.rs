@@ -143,3 +143,65 @@ result down "$(gpy tcp-get 10.0.2.2 8080 2>&1)"
     let want = out.get("want").to_string();
     out.expect_eq("down", &want);
 }
+
+/// `--limit` on the real command line: with two TCP flows, one ping flow and one API client
+/// allowed, the third connect is refused at once (RST: ECONNREFUSED) while the two sessions
+/// carry on, a second ping (another echo id) goes unanswered while the gateway still
+/// answers, an API client beyond the first is closed unanswered; `get_stats` names each
+/// bound hit.
+#[test]
+fn limits_from_the_command_line_refuse_and_count() {
+    let script = r#"
+setup_outer
+start_server echo opy tcp-echo-server --addr 127.0.0.1 --port 8080
+start_guest root
+API=$T/api.sock
+start_helper -c -a "$API" --limit tcp-flows=2 --limit=ping-flows=1 --limit api-clients=1 "$GUEST" tap0
+gpy tcp-session 10.0.2.2 8080 --mark "$T/run/m1" --go "$T/run/go" > "$T/s1.out" 2>&1 &
+S1=$!
+gpy tcp-session 10.0.2.2 8080 --mark "$T/run/m2" --go "$T/run/go" > "$T/s2.out" 2>&1 &
+S2=$!
+for i in $(seq 200); do
+    [ -e "$T/run/m1" ] && [ -e "$T/run/m2" ] && break
+    sleep 0.025
+done
+result third "$(gpy connect-probe 10.0.2.2 8080 --timeout 5 2>&1 | awk '{print $1}')"
+touch "$T/run/go"
+wait "$S1" "$S2" || true
+result sessions "$(cat "$T/s1.out") / $(cat "$T/s2.out")"
+result ping1 "$(in_guest timeout 10 busybox ping -c 1 -W 2 198.18.0.2 >/dev/null 2>&1 && echo ok || echo lost)"
+result ping2 "$(in_guest timeout 10 busybox ping -c 1 -W 2 198.18.0.2 >/dev/null 2>&1 && echo ok || echo lost)"
+result ping_gw "$(in_guest timeout 10 busybox ping -c 1 -W 2 10.0.2.2 >/dev/null 2>&1 && echo ok || echo lost)"
+opy api-hold "$API" --seconds 3 --ready "$T/run/hold" > "$T/hold.out" 2>&1 &
+HOLD=$!
+for i in $(seq 200); do [ -e "$T/run/hold" ] && break; sleep 0.025; done
+result api_second "$(api "$STATS_REQ" 2>&1)"
+wait "$HOLD" || true
+for key in limit_tcp_flows limit_ping_flows limit_api_clients limit_udp_flows dropped_flow_limit; do
+    result "$key" "$(api "$STATS_REQ" --get "return.counters.$key" 2>&1)"
+done
+result alive "$(helper_alive "$HPID")"
+"#;
+    let Some(out) = run("limits_from_the_command_line_refuse_and_count", script) else {
+        return;
+    };
+    if peer_skips("--limit (slirp4netns has no such option)") {
+        return;
+    }
+    out.expect_eq("third", "ECONNREFUSED");
+    out.expect_eq("sessions", "one two / one two");
+    out.expect_eq("ping1", "ok");
+    out.expect_eq("ping2", "lost");
+    out.expect_eq("ping_gw", "ok");
+    out.expect_one_of("api_second", &["EMPTY", "ERROR ECONNRESET"]);
+    out.expect_eq("limit_tcp_flows", "1");
+    out.expect("limit_ping_flows", "at least one refused echo", |v| {
+        v.parse::<u64>().is_ok_and(|n| n >= 1)
+    });
+    out.expect_eq("limit_api_clients", "1");
+    out.expect_eq("limit_udp_flows", "0");
+    out.expect("dropped_flow_limit", "the TCP and ping refusals", |v| {
+        v.parse::<u64>().is_ok_and(|n| n >= 2)
+    });
+    out.expect_eq("alive", "yes");
+}
