@@ -12,9 +12,12 @@ use crate::config::NetConfig;
 use crate::event_loop::SystemHost;
 use crate::stack::Stack;
 use crate::stack::limits::{Bound, LimitHits};
+use crate::throttle::Throttle;
 
 /// How long a client may take to send its request and read the reply.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the listener rests after `accept` failed (out of descriptors, most likely).
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(250);
 
 struct Client {
     stream: UnixStream,
@@ -35,6 +38,11 @@ pub struct ApiServer {
     max_clients: usize,
     net: NetConfig,
     ipv6: bool,
+    /// Logs failing accepts once per interval.
+    accept_faults: Throttle,
+    /// After a failed accept the listener leaves the epoll set until then: it stays readable
+    /// while the connection waits, and would wake the loop at once, forever (EMFILE).
+    paused_until: Option<Instant>,
 }
 
 /// What the event loop should do with a client after an event.
@@ -79,6 +87,8 @@ impl ApiServer {
             max_clients,
             net,
             ipv6,
+            accept_faults: Throttle::default(),
+            paused_until: None,
         })
     }
 
@@ -90,8 +100,24 @@ impl ApiServer {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "API accept failed");
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(error) => {
+                    if let Some(suppressed) = self.accept_faults.record(now) {
+                        tracing::warn!(
+                            %error,
+                            suppressed,
+                            "API socket: accept failed; trying again every {} ms",
+                            ACCEPT_RETRY.as_millis()
+                        );
+                    }
+                    self.paused_until = Some(now + ACCEPT_RETRY);
                     break;
                 }
             };
@@ -141,14 +167,37 @@ impl ApiServer {
         }
     }
 
-    /// Closes clients past their deadline; returns the next deadline.
+    /// Closes a client without answering.
+    pub fn close(&mut self, slot: usize) {
+        if let Some(client) = self.clients.get_mut(slot) {
+            *client = None;
+        }
+    }
+
+    /// Closes clients past their deadline; returns the next deadline (a client's, or the
+    /// end of a pause).
     pub fn expire(&mut self, now: Instant) -> Option<Instant> {
         for slot in &mut self.clients {
             if slot.as_ref().is_some_and(|c| c.deadline <= now) {
                 *slot = None;
             }
         }
-        self.clients.iter().flatten().map(|c| c.deadline).min()
+        let next_client = self.clients.iter().flatten().map(|c| c.deadline).min();
+        next_client.into_iter().chain(self.paused_until).min()
+    }
+
+    /// The listener must leave the epoll set: an accept failed.
+    pub fn paused(&self) -> bool {
+        self.paused_until.is_some()
+    }
+
+    /// Ends a pause that is over; true when the listener must be watched again.
+    pub fn resume(&mut self, now: Instant) -> bool {
+        if self.paused_until.is_some_and(|until| until <= now) {
+            self.paused_until = None;
+            return true;
+        }
+        false
     }
 }
 

@@ -20,6 +20,7 @@ use crate::stack::Stack;
 use crate::stack::frame::{Gso, TxFrame};
 use crate::stack::host::{Host, PingKind, Token};
 use crate::sys::sock;
+use crate::throttle::Throttle;
 
 const TOKEN_TAP: u64 = 1;
 const TOKEN_EXIT_FD: u64 = 2;
@@ -41,6 +42,9 @@ pub struct SystemHost {
     outbound: Option<Ipv4Addr>,
     outbound6: Option<Ipv6Addr>,
     loopback_only: bool,
+    /// Logs running out of descriptors or memory for host sockets, once per interval: a guest
+    /// opening flows meanwhile would otherwise write a line per refused flow.
+    exhausted: Throttle,
 }
 
 impl SystemHost {
@@ -52,6 +56,7 @@ impl SystemHost {
             outbound,
             outbound6,
             loopback_only: false,
+            exhausted: Throttle::default(),
         })
     }
 
@@ -71,12 +76,37 @@ impl SystemHost {
         Ok(())
     }
 
-    fn register(&self, socket: &Socket, token: Token, flags: EpollFlags) -> io::Result<()> {
-        self.epoll.add(
+    fn register(&mut self, socket: &Socket, token: Token, flags: EpollFlags) -> io::Result<()> {
+        let added = self.epoll.add(
             socket,
             EpollEvent::new(flags | EpollFlags::EPOLLET, token.0),
-        )?;
-        Ok(())
+        );
+        added.map_err(|errno| self.checked(errno.into()))
+    }
+
+    /// A new host socket (for a flow, not for a forward the API asked for).
+    fn new_socket(&mut self, domain: Domain, ty: Type, protocol: Protocol) -> io::Result<Socket> {
+        Socket::new(domain, ty, Some(protocol)).map_err(|e| self.checked(e))
+    }
+
+    /// Passes `error` on, logging it first (rate-limited) when it means the process or the
+    /// machine ran out of descriptors or memory. The stack refuses the flow either way; other
+    /// errors (a destination refusing, no route) are the guest's business and not logged.
+    fn checked(&mut self, error: io::Error) -> io::Error {
+        let exhausted = matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ENOSPC)
+        );
+        if exhausted {
+            if let Some(suppressed) = self.exhausted.record(Instant::now()) {
+                tracing::warn!(
+                    %error,
+                    suppressed,
+                    "out of resources for host sockets: new flows are refused, existing ones carry on"
+                );
+            }
+        }
+        error
     }
 
     /// `--outbound-addr(6)` applies to connections leaving the host, not to its loopback.
@@ -102,10 +132,10 @@ impl Host for SystemHost {
 
     fn tcp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<Socket> {
         self.check_destination(dst.ip())?;
-        let socket = Socket::new(
+        let socket = self.new_socket(
             Domain::for_address(dst),
             Type::STREAM.nonblocking().cloexec(),
-            Some(Protocol::TCP),
+            Protocol::TCP,
         )?;
         // Segments arrive already sized by the guest's stack: do not hold them back.
         socket.set_tcp_nodelay(true)?;
@@ -175,10 +205,10 @@ impl Host for SystemHost {
 
     fn udp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<Socket> {
         self.check_destination(dst.ip())?;
-        let socket = Socket::new(
+        let socket = self.new_socket(
             Domain::for_address(dst),
             Type::DGRAM.nonblocking().cloexec(),
-            Some(Protocol::UDP),
+            Protocol::UDP,
         )?;
         self.bind_outbound(&socket, dst)?;
         socket.connect(&SockAddr::from(dst))?;
@@ -223,7 +253,7 @@ impl Host for SystemHost {
     }
 
     fn accept(&mut self, listener: &Socket, token: Token) -> io::Result<(Socket, SocketAddr)> {
-        let (socket, peer) = listener.accept()?;
+        let (socket, peer) = listener.accept().map_err(|e| self.checked(e))?;
         socket.set_nonblocking(true)?;
         socket.set_cloexec(true)?;
         socket.set_tcp_nodelay(true)?;
@@ -290,7 +320,7 @@ impl Host for SystemHost {
             match Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(protocol)) {
                 Ok(socket) => (socket, PingKind::Datagram),
                 Err(_) => (
-                    Socket::new(domain, Type::RAW.nonblocking().cloexec(), Some(protocol))?,
+                    self.new_socket(domain, Type::RAW.nonblocking().cloexec(), protocol)?,
                     PingKind::Raw,
                 ),
             };
@@ -435,6 +465,15 @@ impl EventLoop {
         let mut frame = vec![0u8; FRAME_BUFFER];
         loop {
             let now = Instant::now();
+            if let Some(api) = &mut self.api {
+                if api.resume(now) {
+                    let epoll = &self.stack.host.epoll;
+                    epoll.modify(
+                        &api.listener,
+                        &mut EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_API),
+                    )?;
+                }
+            }
             let api_deadline = self.api.as_mut().and_then(|api| api.expire(now));
             let next = match (self.stack.poll_at(), api_deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -484,14 +523,29 @@ impl EventLoop {
         let Some(api) = &mut self.api else {
             return Ok(());
         };
+        let mut unwatched = Vec::new();
         for (slot, stream) in api.accept(now, &mut self.stack.counters.limit_hits) {
             let flags = EpollFlags::EPOLLIN
                 | EpollFlags::EPOLLOUT
                 | EpollFlags::EPOLLRDHUP
                 | EpollFlags::EPOLLET;
-            self.stack.host.epoll.add(
+            let added = self.stack.host.epoll.add(
                 stream,
                 EpollEvent::new(flags, KIND_API_CLIENT | slot as u64),
+            );
+            if added.is_err() {
+                // Out of memory for epoll: that client is closed, the loop carries on.
+                unwatched.push(slot);
+            }
+        }
+        for slot in unwatched {
+            api.close(slot);
+        }
+        if api.paused() {
+            // Still reports errors, never readiness: the loop sleeps until the pause ends.
+            self.stack.host.epoll.modify(
+                &api.listener,
+                &mut EpollEvent::new(EpollFlags::empty(), TOKEN_API),
             )?;
         }
         Ok(())

@@ -10,3 +10,4 @@ pub mod fuzzing;
 pub mod run;
 pub mod stack;
 pub mod sys;
+pub mod throttle;

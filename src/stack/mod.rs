@@ -67,6 +67,8 @@ pub const DNS_IDLE: Duration = Duration::from_secs(10);
 pub const PING_IDLE: Duration = Duration::from_secs(30);
 /// How often idle flows are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How soon listeners are tried again after `accept` failed (out of descriptors).
+const ACCEPT_RETRY: Duration = Duration::from_millis(250);
 
 const KIND_TCP: u64 = 1 << 32;
 const KIND_UDP: u64 = 2 << 32;
@@ -240,6 +242,8 @@ pub struct Stack<H: Host> {
     /// When the next unsolicited router advertisement is due (IPv6 only).
     next_ra: Option<Instant>,
     ras_sent: u32,
+    /// When to try the forwards' listeners again after `accept` failed.
+    accept_retry: Option<Instant>,
     scratch: Vec<u8>,
 }
 
@@ -286,6 +290,7 @@ impl<H: Host> Stack<H> {
             next_timer: None,
             next_ra,
             ras_sent: 0,
+            accept_retry: None,
             scratch: vec![0; 65536],
         }
     }
@@ -368,10 +373,15 @@ impl<H: Host> Stack<H> {
 
     /// When the event loop must call [`Stack::poll_timers`] next.
     pub fn poll_at(&self) -> Option<Instant> {
-        [self.next_timer, self.next_sweep, self.next_ra]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.next_timer,
+            self.next_sweep,
+            self.next_ra,
+            self.accept_retry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn arm(&mut self, at: Option<Instant>) {
@@ -1329,8 +1339,14 @@ impl<H: Host> Stack<H> {
             let (socket, peer) = match self.host.accept(&forward.socket, token) {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // That client gave up while queued: the next one may be fine.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting a forwarded connection failed");
+                    // Out of descriptors, most likely (the host logs that): the connection
+                    // stays queued, and nothing would wake an edge-triggered listener for it
+                    // again. Look again soon.
+                    tracing::debug!(error = %e, "accepting a forwarded connection failed");
+                    self.accept_retry.get_or_insert(now + ACCEPT_RETRY);
                     return;
                 }
             };
@@ -1777,6 +1793,17 @@ impl<H: Host> Stack<H> {
                 ndp::RA_INTERVAL
             };
             self.next_ra = Some(now + interval);
+        }
+        if self.accept_retry.is_some_and(|t| t <= now) {
+            self.accept_retry = None;
+            for index in 0..self.forwards.entries.len() {
+                if self.forwards.entries[index]
+                    .as_ref()
+                    .is_some_and(|f| f.info.proto == Proto::Tcp)
+                {
+                    self.accept_forwarded(now, index);
+                }
+            }
         }
         if self.next_timer.is_some_and(|t| t <= now) {
             self.next_timer = None;
