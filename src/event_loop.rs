@@ -417,6 +417,13 @@ pub fn block_signals() -> io::Result<SigSet> {
     Ok(set)
 }
 
+/// Rate limits for the loop's own repeated faults.
+#[derive(Debug, Default)]
+pub struct FaultLogs {
+    tap_down: Throttle,
+    tap_write: Throttle,
+}
+
 pub struct EventLoop {
     pub stack: Stack<SystemHost>,
     /// The TAP was opened with `IFF_VNET_HDR`: every frame carries a virtio-net header.
@@ -427,6 +434,7 @@ pub struct EventLoop {
     pub signals: SigSet,
     /// Run mode: the command whose exit ends the loop.
     pub child: Option<Pid>,
+    pub faults: FaultLogs,
 }
 
 impl EventLoop {
@@ -603,10 +611,23 @@ impl EventLoop {
                 Err(Errno::EAGAIN) | Err(Errno::ENOBUFS) => {
                     self.stack.counters.dropped_tap_full += 1
                 }
-                Err(Errno::EIO) | Err(Errno::EBADFD) | Err(Errno::ENODEV) => {
+                // The guest set its interface down (`ip link set tap0 down`, a network
+                // manager restarting it): frames are dropped until it is up again, as on a
+                // real link. Not an error of ours.
+                Err(Errno::EIO) => {
+                    self.stack.counters.dropped_tap_down += 1;
+                    if let Some(suppressed) = self.faults.tap_down.record(Instant::now()) {
+                        tracing::info!(suppressed, "the TAP is down: frames to the guest dropped");
+                    }
+                }
+                Err(Errno::EBADFD) | Err(Errno::ENODEV) => {
                     return Err(io::Error::other("the TAP device is gone"));
                 }
-                Err(e) => tracing::debug!(error = %e, "TAP write failed"),
+                Err(error) => {
+                    if let Some(suppressed) = self.faults.tap_write.record(Instant::now()) {
+                        tracing::warn!(%error, suppressed, "writing a frame to the TAP failed");
+                    }
+                }
             }
             self.stack.tx.recycle(frame);
         }

@@ -122,6 +122,7 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
         exit_fd: config.exit_fd,
         signals,
         child: child_pid,
+        faults: event_loop::FaultLogs::default(),
     };
     match event_loop.run()? {
         Exit::Requested => Ok(0),

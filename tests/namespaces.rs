@@ -316,6 +316,50 @@ result stderr "$(tr '\n' '|' < "$HERR")"
     }
 }
 
+/// The guest setting its TAP down and up again (a network manager restarting the link) does
+/// not end slirpnet: writes to a TAP that is down fail with EIO, and the frames meanwhile are
+/// dropped and counted, as on a real link; traffic resumes once it is up.
+#[test]
+fn tap_down_and_up_again_keeps_serving() {
+    let Some(out) = run(
+        "tap_down_and_up_again_keeps_serving",
+        r#"
+setup_outer
+make_payload
+result want "$PAYLOAD_SHA 1048576"
+start_server dl opy tcp-download-server --addr 127.0.0.1 --port 8080 --file "$T/payload"
+start_guest root
+API=$T/api.sock
+start_helper -c -a "$API" "$GUEST" tap0
+result before "$(gpy tcp-get 10.0.2.2 8080 2>&1)"
+in_guest ip link set tap0 down
+# Frames for the guest while its link is down: a forwarded connection's SYN and ARP.
+result add "$(api "$(add_req tcp 127.0.0.1 8180 80)")"
+opy connect-probe 127.0.0.1 8180 --timeout 2 >/dev/null 2>&1 || true
+sleep 0.3
+result alive_down "$(helper_alive "$HPID")"
+result drops "$(api "$STATS_REQ" --get return.counters.dropped_tap_down 2>&1)"
+in_guest ip link set tap0 up
+result after "$(gpy tcp-get 10.0.2.2 8080 2>&1)"
+result alive "$(helper_alive "$HPID")"
+result stderr "$(tr '\n' '|' < "$HERR")"
+"#,
+    ) else {
+        return;
+    };
+    let want = out.get("want").to_string();
+    out.expect_eq("before", &want);
+    out.expect_eq("alive_down", "yes");
+    out.expect_eq("after", &want);
+    out.expect_eq("alive", "yes");
+    if !peer_skips("dropped_tap_down, no log line for a TAP that is down") {
+        out.expect("drops", "frames dropped while down", |v| {
+            v.parse::<u64>().is_ok_and(|n| n >= 1)
+        });
+        out.expect_eq("stderr", "");
+    }
+}
+
 /// The smallest MTU a TAP takes (68: a 28-byte MSS) still carries 1 MiB intact both ways.
 #[test]
 fn tcp_at_the_minimum_mtu() {

@@ -89,6 +89,8 @@ pub struct Counters {
     pub dropped_ping_unavailable: u64,
     pub dropped_oversized: u64,
     pub dropped_tap_full: u64,
+    /// Frames to the guest dropped because it had set its TAP down (`EIO`).
+    pub dropped_tap_down: u64,
     /// Guest addresses not remembered because [`MAX_NEIGHBOURS`] were.
     pub neighbours_full: u64,
     pub tcp_flows_opened: u64,
@@ -326,6 +328,7 @@ impl<H: Host> Stack<H> {
             ("dropped_ping_unavailable", c.dropped_ping_unavailable),
             ("dropped_oversized", c.dropped_oversized),
             ("dropped_tap_full", c.dropped_tap_full),
+            ("dropped_tap_down", c.dropped_tap_down),
             ("neighbours_full", c.neighbours_full),
         ]
         .into_iter()
