@@ -3,6 +3,7 @@
 //! slowly, only holds its own slot until its deadline: the data plane never waits for it.
 
 use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,6 +34,9 @@ pub struct ApiServer {
     /// removed through it on exit, which works after `--enable-sandbox` hid the path.
     dir: std::os::fd::OwnedFd,
     name: PathBuf,
+    /// The socket file's device and inode when bound: on exit, the name is removed only if
+    /// it still leads there.
+    file_id: Option<(u64, u64)>,
     clients: Vec<Option<Client>>,
     /// Clients served at once (`--limit api-clients`); more are accepted and closed.
     max_clients: usize,
@@ -61,6 +65,9 @@ impl ApiServer {
         }
         let listener = UnixListener::bind(path)?;
         listener.set_nonblocking(true)?;
+        let file_id = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -83,6 +90,7 @@ impl ApiServer {
                 .file_name()
                 .map(PathBuf::from)
                 .unwrap_or_else(|| path.to_owned()),
+            file_id,
             clients: Vec::new(),
             max_clients,
             net,
@@ -202,7 +210,21 @@ impl ApiServer {
 }
 
 impl Drop for ApiServer {
+    /// Removes the socket file, if the name still leads to the file we bound. Someone may
+    /// have deleted it while we ran (slirpnet cannot notice: clients already connected carry
+    /// on, new ones cannot reach us), and perhaps put another there, such as the socket of a
+    /// slirpnet started for the same container: that one stays.
     fn drop(&mut self) {
+        let found = nix::sys::stat::fstatat(
+            &self.dir,
+            &self.name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        );
+        let ours = found.is_ok_and(|st| Some((st.st_dev, st.st_ino)) == self.file_id);
+        if !ours {
+            tracing::debug!(name = ?self.name, "API socket file gone or replaced: left as it is");
+            return;
+        }
         let flags = nix::unistd::UnlinkatFlags::NoRemoveDir;
         let _ = nix::unistd::unlinkat(&self.dir, &self.name, flags);
     }

@@ -571,6 +571,90 @@ result exit_fd_file "$([ -e "$API" ] && echo present || echo gone)"
     }
 }
 
+/// The API socket file deleted while the helper runs (`rm`): it cannot notice, and carries
+/// on. Traffic and forwards keep working, a client connected before the deletion is still
+/// answered, new clients get ENOENT, and the exit-fd hang-up still exits 0 without a word.
+/// A file someone put at the path afterwards (here a plain file; in life, the socket of a
+/// helper started for the same container) is left alone at exit. The first helper runs
+/// under the seccomp filter, so its exit path (a file that is gone) is covered there too.
+#[test]
+fn api_socket_deleted_while_running() {
+    let Some(out) = run(
+        "api_socket_deleted_while_running",
+        &format!(
+            "{}{GUEST_TCP_SERVERS}{}",
+            r#"
+setup_outer
+make_payload
+result want "$PAYLOAD_SHA 1048576"
+start_server dl opy tcp-download-server --addr 127.0.0.1 --port 8080 --file "$T/payload"
+API=$T/api.sock
+start_guest root
+"#,
+            r#"
+cat > "$T/early.py" <<'PY'
+import os, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+open(sys.argv[2], "w").close()
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.02)
+s.sendall(b'{"execute":"list_hostfwd"}')
+s.shutdown(socket.SHUT_WR)
+print(s.recv(4096).decode())
+PY
+run_phase() {
+    local extra=$1
+    mkfifo "$T/exitfifo.$extra"
+    sleep infinity > "$T/exitfifo.$extra" &
+    WRITER=$!
+    start_helper -c -a "$API" -e 4 $2 "$GUEST" tap0 4<"$T/exitfifo.$extra"
+    result "add_$extra" "$(api "$(add_req tcp 127.0.0.1 8182 82)")"
+    "$PY" "$T/early.py" "$API" "$T/run/connected.$extra" "$T/run/go.$extra" > "$T/early.$extra" 2>&1 &
+    EARLY=$!
+    for i in $(seq 200); do [ -e "$T/run/connected.$extra" ] && break; sleep 0.025; done
+    rm "$API"
+    touch "$T/run/go.$extra"
+    wait "$EARLY" || true
+    result "early_$extra" "$(cat "$T/early.$extra")"
+    result "new_client_$extra" "$(api "$LIST_REQ" 2>&1)"
+    result "down_$extra" "$(gpy tcp-get 10.0.2.2 8080 2>&1)"
+    result "fwd_$extra" "$(opy tcp-echo 127.0.0.1 8182 --file "$T/payload" 2>&1)"
+    result "alive_$extra" "$(helper_alive "$HPID")"
+    [ "$extra" = replaced ] && echo "someone else's" > "$API"
+    kill "$WRITER"
+    wait_exit "$HPID" 5
+    result "rc_$extra" "$RC"
+    result "stderr_$extra" "$(tr '\n' '|' < "$HERR")"
+}
+run_phase gone --enable-seccomp
+run_phase replaced ""
+result file_after "$(cat "$API" 2>&1)"
+"#
+        ),
+    ) else {
+        return;
+    };
+    let want = out.get("want").to_string();
+    for phase in ["gone", "replaced"] {
+        out.expect_eq(&format!("add_{phase}"), &added(1));
+        out.expect_eq(
+            &format!("early_{phase}"),
+            &entries(&[entry(1, "tcp", "127.0.0.1", 8182, "10.0.2.100", 82)]),
+        );
+        out.expect_eq(&format!("new_client_{phase}"), "ERROR ENOENT");
+        out.expect_eq(&format!("down_{phase}"), &want);
+        out.expect_eq(&format!("fwd_{phase}"), &want);
+        out.expect_eq(&format!("alive_{phase}"), "yes");
+        out.expect_eq(&format!("rc_{phase}"), "0");
+        out.expect_eq(&format!("stderr_{phase}"), "");
+    }
+    if !peer_skips("a file put at the API path is left alone at exit") {
+        out.expect_eq("file_after", "someone else's");
+    }
+}
+
 /// Error replies byte for byte over the real socket, and the requests Podman and RootlessKit
 /// send, read the way each reads (Podman: one read of at most 2048 bytes; RootlessKit: to
 /// EOF). A 4095-byte request is served; 4096 and 5000 bytes are `too large message`, and that

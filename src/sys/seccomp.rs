@@ -134,8 +134,10 @@ pub fn allow_list() -> Vec<Allowed> {
         // sources it cannot read (some virtual machines), where libc falls back to the call.
         any("clock_gettime", libc::SYS_clock_gettime),
         // Exit: the API socket file is removed (unlinkat through the directory opened at
-        // bind, which also works inside the sandbox), Rust's runtime takes down the main
+        // bind, which also works inside the sandbox) if it is still the one we bound
+        // (newfstatat: someone may have replaced it), Rust's runtime takes down the main
         // thread's alternate signal stack (sigaltstack, then munmap), the process ends.
+        any("newfstatat", libc::SYS_newfstatat),
         any("unlinkat", libc::SYS_unlinkat),
         any("sigaltstack", libc::SYS_sigaltstack),
         any("exit_group", libc::SYS_exit_group),
