@@ -252,3 +252,102 @@ result alive "$(helper_alive "$HPID")"
     });
     out.expect_eq("alive", "yes");
 }
+
+/// The guest's namespace vanishing while a transfer is under way: every process in it is
+/// killed (and, with `--netns-type=path`, the bind mount removed, as `ip netns del` does).
+/// The TAP descriptor slirpnet holds keeps the namespace and its TAP alive (the kernel frees
+/// a network namespace only when nothing refers to it), so nothing fails: the guest kernel
+/// resets the flows of its dead sockets, and slirpnet idles (no CPU), keeps no flow, and
+/// exits 0 without a word when the exit fd hangs up, as engines do when the container is
+/// gone.
+#[test]
+fn namespace_vanishing_mid_transfer_leaves_an_idle_helper_that_exits_cleanly() {
+    let script = r#"
+setup_outer
+head -c 100000000 /dev/zero > "$T/big"
+start_server dl opy tcp-download-server --addr 127.0.0.1 --port 8080 --file "$T/big"
+cat > "$T/stall.py" <<'PY'
+import socket, sys, time
+s = socket.create_connection(("10.0.2.2", 8080), timeout=10)
+s.recv(1000)
+open(sys.argv[1], "w").close()
+time.sleep(100)
+PY
+API=$T/api.sock
+tap_iff() { grep -h '^iff:' /proc/"$HPID"/fdinfo/* 2>/dev/null | awk '{print $2}'; }
+in_ns() {
+    local p n=0
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/ns/net" 2>/dev/null)" = "$1" ] && n=$((n + 1))
+    done
+    echo "$n"
+}
+vanish_phase() {
+    local kind=$1 target
+    start_guest root
+    NS=$(readlink "/proc/$GUEST/ns/net")
+    if [ "$kind" = path ]; then
+        mkdir -p "$T/netns"
+        touch "$T/netns/guest"
+        mount --bind "/proc/$GUEST/ns/net" "$T/netns/guest"
+        target=(--netns-type=path "$T/netns/guest")
+    else
+        target=("$GUEST")
+    fi
+    mkfifo "$T/exitfifo.$kind"
+    sleep infinity > "$T/exitfifo.$kind" &
+    WRITER=$!
+    start_helper -c -a "$API" -e 4 "${target[@]}" tap0 4<"$T/exitfifo.$kind"
+    in_guest "$PY" "$T/stall.py" "$T/run/stalled.$kind" > /dev/null 2>&1 &
+    for i in $(seq 400); do [ -e "$T/run/stalled.$kind" ] && break; sleep 0.025; done
+    result "flows_before_$kind" "$(api "$STATS_REQ" --get return.counters.tcp_flows 2>&1)"
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/ns/net" 2>/dev/null)" = "$NS" ] && kill -KILL "${p#/proc/}" 2>/dev/null
+    done
+    if [ "$kind" = path ]; then
+        umount "$T/netns/guest"
+        rm "$T/netns/guest"
+    fi
+    sleep 0.5
+    result "left_in_ns_$kind" "$(in_ns "$NS")"
+    sleep 1
+    local cpu0
+    cpu0=$(awk '{print $14 + $15}' "/proc/$HPID/stat")
+    sleep 3
+    result "idle_ticks_$kind" "$(( $(awk '{print $14 + $15}' "/proc/$HPID/stat") - cpu0 ))"
+    result "tap_after_$kind" "$(tap_iff)"
+    result "flows_after_$kind" "$(api "$STATS_REQ" --get return.counters.tcp_flows 2>&1)"
+    result "alive_$kind" "$(helper_alive "$HPID")"
+    kill "$WRITER"
+    wait_exit "$HPID" 5
+    result "rc_$kind" "$RC"
+    result "stderr_$kind" "$(tr '\n' '|' < "$HERR")"
+}
+vanish_phase pid
+vanish_phase path
+"#;
+    let Some(out) = run(
+        "namespace_vanishing_mid_transfer_leaves_an_idle_helper_that_exits_cleanly",
+        script,
+    ) else {
+        return;
+    };
+    for kind in ["pid", "path"] {
+        let key = |name: &str| format!("{name}_{kind}");
+        out.expect_eq(&key("flows_before"), "1");
+        out.expect_eq(&key("left_in_ns"), "0");
+        out.expect_eq(&key("alive"), "yes");
+        out.expect(
+            &key("idle_ticks"),
+            "no CPU while idle (under 10 ticks in 3 s)",
+            |v| v.parse::<u64>().is_ok_and(|t| t < 10),
+        );
+        // The TAP is still attached: our descriptor pins the namespace.
+        out.expect_eq(&key("tap_after"), "tap0");
+        out.expect_eq(&key("rc"), "0");
+        if !peer_skips("no flow left, and nothing on stderr") {
+            out.expect_eq(&key("flows_after"), "0");
+            out.expect_eq(&key("stderr"), "");
+        }
+    }
+}
