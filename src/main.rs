@@ -1,5 +1,6 @@
 //! The `slirpnet` binary: parse, report, run. Everything else lives in the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use slirpnet::cli::{self, Invocation};
@@ -32,6 +33,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Engines keep our stderr in log files: colour codes only on a terminal.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     match slirpnet::run::run(&config) {
