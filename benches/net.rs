@@ -278,6 +278,7 @@ fn inner_main(opts: &cli::Options) -> Result<(), String> {
             duration: opts.duration,
             scratch: &outer.scratch,
             run_id: n,
+            no_ipv6: outer.no_ipv6.as_deref(),
         });
         wall_sum += run.wall_s;
         if run.status != Status::Ok {

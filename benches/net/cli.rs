@@ -17,8 +17,8 @@ Options:
     --helpers LIST      comma-separated: slirpnet,slirp4netns,pasta (default: all three)
     --mtu LIST          comma-separated MTUs (default 1500,65520; --quick: 65520)
     --modes LIST        comma-separated modes (default: all):
-                          tcp-ns-host, tcp-host-ns, tcp-fwd-in, tcp-fwd-out,
-                          udp-ns-host, tcp-rr, tcp-crr
+                          tcp-ns-host, tcp-host-ns, tcp6-ns-host, tcp6-host-ns,
+                          tcp-fwd-in, tcp-fwd-out, udp-ns-host, tcp-rr, tcp-crr
     --quick             smoke test for CI: whole run under a minute, numbers not asserted
     --json PATH         results file (default target/bench/net.json)
     --write-docs        after the run, write docs/benchmarks.md, docs/benchmarks.svg and

@@ -4,13 +4,14 @@
 //! Network safety: everything here runs inside the outer namespace made by `net.rs`
 //! (`unshare --net --mount --pid ...`). `check_outer` refuses to go on unless that namespace
 //! holds nothing but `lo`; then the only other link is a veth to a "sink" namespace
-//! (198.18.0.2, RFC 2544 benchmarking range) which has no further links, so a stray packet dies
-//! there. The sink only exists because pasta refuses to start without a routable host
-//! interface; pasta maps the namespace's gateway (198.18.0.2) to host loopback.
+//! (198.18.0.2, RFC 2544 benchmarking range, and fd99::2) which has no further links, so a
+//! stray packet dies there. The sink only exists because pasta refuses to start without a
+//! routable host interface (and configures IPv6 in the namespace only with a host IPv6 default
+//! route); pasta maps the namespace's gateways (198.18.0.2, fd99::2) to host loopback.
 
 use std::fs::File;
 use std::io::Read;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -27,8 +28,13 @@ use crate::model::HelperKind;
 
 pub const SINK_ADDR: &str = "198.18.0.2";
 pub const OUTER_ADDR: &str = "198.18.0.1/24";
+/// The IPv6 side of the sink (unique local addresses of the suite's own).
+pub const SINK_ADDR6: &str = "fd99::2";
+pub const OUTER_ADDR6: &str = "fd99::1/64";
 /// slirp4netns's (and slirpnet's) gateway, which reaches host loopback.
 pub const SLIRP_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// Their IPv6 gateway with `-6` (fd00::/64 by default), which reaches host `::1`.
+pub const SLIRP_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 
 pub type Res<T> = Result<T, String>;
 
@@ -134,6 +140,9 @@ pub fn check_outer() -> Res<()> {
 pub struct Outer {
     sink: Child,
     pub scratch: PathBuf,
+    /// Why the IPv6 side could not be set up (IPv6 disabled on this machine): the IPv6 modes
+    /// then fail with this, the others run.
+    pub no_ipv6: Option<String>,
 }
 
 impl Outer {
@@ -163,6 +172,7 @@ impl Outer {
         let mut outer = Outer {
             sink,
             scratch: scratch.to_path_buf(),
+            no_ipv6: None,
         };
         let sink_pid = outer.sink.id().to_string();
         wait_new_netns(&mut outer.sink)?;
@@ -190,9 +200,58 @@ impl Outer {
         };
         in_sink(&["link", "set", "lo", "up"])?;
         in_sink(&["addr", "add", "198.18.0.2/24", "dev", "veth-sink"])?;
+        // IPv6 the same way, without duplicate address detection so it is usable at once.
+        let ipv6 = lo_has_ipv6()
+            .and_then(|_| {
+                sh(
+                    "ip",
+                    &[
+                        "-6",
+                        "addr",
+                        "add",
+                        OUTER_ADDR6,
+                        "dev",
+                        "veth-bench",
+                        "nodad",
+                    ],
+                )
+            })
+            .and_then(|_| {
+                let sink6 = format!("{SINK_ADDR6}/64");
+                in_sink(&["-6", "addr", "add", &sink6, "dev", "veth-sink", "nodad"])
+            });
         in_sink(&["link", "set", "veth-sink", "up"])?;
         sh("ip", &["route", "add", "default", "via", SINK_ADDR])?;
+        // A host IPv6 default route: pasta configures IPv6 in the namespace only with one.
+        // Stray IPv6 dies in the sink (no forwarding, no further links), as IPv4 does.
+        let ipv6 =
+            ipv6.and_then(|_| sh("ip", &["-6", "route", "add", "default", "via", SINK_ADDR6]));
+        if let Err(e) = ipv6 {
+            eprintln!("no IPv6 in the suite's namespace, the IPv6 modes will fail: {e}");
+            outer.no_ipv6 = Some(format!("no IPv6 in the suite's namespace: {e}"));
+        }
         Ok(outer)
+    }
+}
+
+/// Whether `lo` (up) has `::1`, which the IPv6 modes' servers bind.
+fn lo_has_ipv6() -> Res<()> {
+    let has = || {
+        std::fs::read_to_string("/proc/net/if_inet6")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("00000000000000000000000000000001 ") && l.ends_with(" lo"))
+    };
+    if !has() {
+        // Disabled by sysctl in this namespace (a new namespace takes the defaults): enable it.
+        let _ = std::fs::write("/proc/sys/net/ipv6/conf/lo/disable_ipv6", "0");
+        let _ = std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "0");
+        let _ = std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "0");
+    }
+    if has() {
+        Ok(())
+    } else {
+        Err("lo has no ::1 (IPv6 disabled?)".into())
     }
 }
 
@@ -275,6 +334,122 @@ impl Netns {
             }
         })
     }
+
+    /// The namespace's IPv6 addresses (/proc/PID/net/if_inet6) and default route
+    /// (/proc/PID/net/ipv6_route).
+    pub fn ipv6_state(&self) -> Ipv6State {
+        let hex_addr = |s: &str| u128::from_str_radix(s, 16).ok().map(Ipv6Addr::from);
+        let mut state = Ipv6State::default();
+        let addrs = std::fs::read_to_string(format!("/proc/{}/net/if_inet6", self.pid));
+        for line in addrs.unwrap_or_default().lines() {
+            // address ifindex prefixlen scope flags name
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(addr), Some(scope), Some(flags)) = (
+                f.first().and_then(|a| hex_addr(a)),
+                f.get(3).and_then(|x| u8::from_str_radix(x, 16).ok()),
+                f.get(4).and_then(|x| u8::from_str_radix(x, 16).ok()),
+            ) else {
+                continue;
+            };
+            if scope != 0 {
+                continue; // link-local (0x20), host (0x10)
+            }
+            // IFA_F_TENTATIVE 0x40, IFA_F_DADFAILED 0x08
+            if flags & 0x48 == 0 {
+                state.global.push(addr);
+            } else {
+                state.tentative.push(addr);
+            }
+        }
+        let routes = std::fs::read_to_string(format!("/proc/{}/net/ipv6_route", self.pid));
+        for line in routes.unwrap_or_default().lines() {
+            // dest plen src plen nexthop metric refcnt use flags dev
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[1] != "00" || hex_addr(f[0]) != Some(Ipv6Addr::UNSPECIFIED) {
+                continue;
+            }
+            let flags = u32::from_str_radix(f[8], 16).unwrap_or(0);
+            // RTF_GATEWAY 0x2, and not RTF_REJECT 0x200 (the kernel's "unreachable" entry)
+            if flags & 0x2 == 0 || flags & 0x200 != 0 {
+                continue;
+            }
+            if let Some(gw) = hex_addr(f[4]).filter(|g| !g.is_unspecified()) {
+                state.gateway.get_or_insert((gw, f[9].to_string()));
+            }
+        }
+        state
+    }
+
+    /// Waits until the namespace has a global, non-tentative IPv6 address and an IPv6 default
+    /// route (SLAAC after a router advertisement takes a second or two); `Err` with the state
+    /// at the deadline.
+    pub fn wait_ipv6(&self, timeout: Duration) -> Result<Ipv6State, Ipv6State> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let state = self.ipv6_state();
+            if state.ready() {
+                return Ok(state);
+            }
+            if Instant::now() > deadline {
+                return Err(state);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// What a namespace has of IPv6.
+#[derive(Debug, Default)]
+pub struct Ipv6State {
+    /// Global scope, usable (not tentative, DAD not failed).
+    pub global: Vec<Ipv6Addr>,
+    /// Global scope, tentative or with DAD failed.
+    pub tentative: Vec<Ipv6Addr>,
+    /// The default route's gateway and device.
+    pub gateway: Option<(Ipv6Addr, String)>,
+}
+
+impl Ipv6State {
+    pub fn ready(&self) -> bool {
+        !self.global.is_empty() && self.gateway.is_some()
+    }
+
+    /// Nothing at all: no global address, not even a tentative one, and no default route.
+    pub fn none(&self) -> bool {
+        self.global.is_empty() && self.tentative.is_empty() && self.gateway.is_none()
+    }
+
+    /// The gateway as a connect target (a link-local one with its zone, `fe80::1%dev`).
+    pub fn gateway_target(&self) -> Option<String> {
+        let (gw, dev) = self.gateway.as_ref()?;
+        Some(if gw.is_unicast_link_local() {
+            format!("{gw}%{dev}")
+        } else {
+            gw.to_string()
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        let list = |v: &[Ipv6Addr]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        format!(
+            "global addresses: {}; tentative: {}; default route: {}",
+            list(&self.global),
+            list(&self.tentative),
+            match &self.gateway {
+                Some((gw, dev)) => format!("via {gw} dev {dev}"),
+                None => "none".into(),
+            }
+        )
+    }
 }
 
 impl Drop for Netns {
@@ -355,17 +530,32 @@ pub fn tail(path: &Path) -> String {
     lines[start..].join(" | ")
 }
 
-/// Starts a helper for `ns` the way engines do. `fwd_port`: the forward pasta gets at start
-/// (`-t`), and whether slirp4netns-like helpers get an API socket (`-a`).
-pub fn start_helper(
-    kind: HelperKind,
-    binary: &Path,
-    ns: &mut Netns,
-    mtu: u32,
-    fwd_port: Option<u16>,
-    scratch: &Path,
-    run_id: usize,
-) -> Res<Helper> {
+/// How to start a helper.
+pub struct Start<'a> {
+    pub kind: HelperKind,
+    pub binary: &'a Path,
+    pub mtu: u32,
+    /// The forward pasta gets at start (`-t`), and whether slirp4netns-like helpers get an API
+    /// socket (`-a`).
+    pub fwd_port: Option<u16>,
+    /// IPv6 too: `-6` for slirp4netns-like helpers (pasta configures IPv6 whenever the host
+    /// has an IPv6 default route; its `-6` would mean IPv6 only).
+    pub ipv6: bool,
+    pub scratch: &'a Path,
+    pub run_id: usize,
+}
+
+/// Starts a helper for `ns` the way engines do.
+pub fn start_helper(start: &Start, ns: &mut Netns) -> Res<Helper> {
+    let Start {
+        kind,
+        binary,
+        mtu,
+        fwd_port,
+        ipv6,
+        scratch,
+        run_id,
+    } = *start;
     let stderr = scratch.join(format!("{}.{run_id}.err", kind.name()));
     let err_file = File::create(&stderr).map_err(|e| e.to_string())?;
     match kind {
@@ -379,6 +569,9 @@ pub fn start_helper(
                 .args(["-r", &w.as_raw_fd().to_string()]);
             if let Some(api) = &api {
                 cmd.arg("-a").arg(api);
+            }
+            if ipv6 {
+                cmd.arg("-6");
             }
             cmd.args([&ns.pid.to_string(), "tap0"])
                 .stdin(Stdio::null())

@@ -21,7 +21,12 @@ pub struct Plan<'a> {
     pub duration: f64,
     pub scratch: &'a Path,
     pub run_id: usize,
+    /// Set when the suite's namespace has no IPv6: why the IPv6 modes cannot run.
+    pub no_ipv6: Option<&'a str>,
 }
+
+/// How long the namespace may take to get an IPv6 address and route (SLAAC takes 1–2 s).
+const IPV6_WAIT: Duration = Duration::from_secs(10);
 
 pub fn run(plan: &Plan) -> Run {
     let t0 = Instant::now();
@@ -42,20 +47,25 @@ fn failed(why: impl Into<String>) -> RunErr {
 }
 
 fn run_inner(plan: &Plan, result: &mut Run) -> Result<(), RunErr> {
+    let ipv6 = plan.mode.ipv6();
+    if let Some(why) = plan.no_ipv6.filter(|_| ipv6) {
+        return Err(failed(why));
+    }
     let mut ns = Netns::new().map_err(failed)?;
     // pasta always gets its forward at start, as engines pass `-t` for published ports;
     // slirp4netns-like helpers get an API socket only when the mode needs a forward.
     let fwd = (plan.mode.forwards() || plan.kind == HelperKind::Pasta).then_some(FWD_PORT);
-    let mut helper = env::start_helper(
-        plan.kind,
-        plan.binary,
-        &mut ns,
-        plan.mtu,
-        fwd,
-        plan.scratch,
-        plan.run_id,
-    )
-    .map_err(|e| failed(format!("start: {e}")))?;
+    let start = env::Start {
+        kind: plan.kind,
+        binary: plan.binary,
+        mtu: plan.mtu,
+        fwd_port: fwd,
+        ipv6,
+        scratch: plan.scratch,
+        run_id: plan.run_id,
+    };
+    let mut helper =
+        env::start_helper(&start, &mut ns).map_err(|e| failed(format!("start: {e}")))?;
     result.ready_ms = Some(helper.ready.as_secs_f64() * 1000.0);
     std::thread::sleep(Duration::from_millis(50));
     result.idle_rss_kib = env::status_kib(helper.pid, "VmRSS");
@@ -70,9 +80,16 @@ fn run_inner(plan: &Plan, result: &mut Run) -> Result<(), RunErr> {
         })?;
     }
 
+    // Where the client connects: the gateway that reaches host loopback.
+    let target = if ipv6 {
+        ipv6_target(plan.kind, &ns, &mut helper)?
+    } else {
+        helper.gateway.to_string()
+    };
+
     let cpu0 = env::cpu_seconds(helper.pid);
     let w0 = Instant::now();
-    let measured = measure(plan, &ns, &helper);
+    let measured = measure(plan, &ns, &helper, &target);
     let wall = w0.elapsed().as_secs_f64();
     let cpu1 = env::cpu_seconds(helper.pid);
     result.peak_rss_kib = env::status_kib(helper.pid, "VmHWM");
@@ -106,21 +123,60 @@ fn run_inner(plan: &Plan, result: &mut Run) -> Result<(), RunErr> {
     }
 }
 
+/// Waits for the namespace's IPv6 (address and default route) and picks the IPv6 gateway:
+/// fd00::2 for slirp4netns and slirpnet, the namespace's default gateway for pasta (mapped to
+/// host `::1` by its --map-gw default).
+fn ipv6_target(kind: HelperKind, ns: &Netns, helper: &mut Helper) -> Result<String, RunErr> {
+    let t0 = Instant::now();
+    let state = ns.wait_ipv6(IPV6_WAIT).map_err(|state| {
+        let waited = t0.elapsed().as_secs_f64();
+        let dead = if helper.alive() {
+            String::new()
+        } else {
+            format!(" (helper died: {})", helper.stderr_tail())
+        };
+        if kind == HelperKind::Pasta && state.none() && dead.is_empty() {
+            (
+                Status::Unsupported,
+                format!(
+                    "pasta configured no IPv6 in the namespace ({}): {}",
+                    state.describe(),
+                    helper.stderr_tail()
+                ),
+            )
+        } else {
+            failed(format!(
+                "no usable IPv6 in the namespace after {waited:.0} s ({}){dead}",
+                state.describe()
+            ))
+        }
+    })?;
+    match kind {
+        HelperKind::Slirpnet | HelperKind::Slirp4netns => Ok(env::SLIRP_GATEWAY6.to_string()),
+        HelperKind::Pasta => state
+            .gateway_target()
+            .ok_or_else(|| failed("no IPv6 default gateway")),
+    }
+}
+
 struct Measured {
     value: f64,
     loss_pct: Option<f64>,
     retransmits: Option<u64>,
 }
 
-fn measure(plan: &Plan, ns: &Netns, helper: &Helper) -> Res<Measured> {
+fn measure(plan: &Plan, ns: &Netns, helper: &Helper, target: &str) -> Res<Measured> {
     let d = plan.duration;
     let gw = helper.gateway;
     match plan.mode {
-        Mode::TcpNsHost => iperf_via_gateway(ns, gw, d, &[]),
-        Mode::TcpHostNs => iperf_via_gateway(ns, gw, d, &["-R"]),
+        Mode::TcpNsHost => iperf_via_gateway(ns, V4, target, d, &[]),
+        Mode::TcpHostNs => iperf_via_gateway(ns, V4, target, d, &["-R"]),
+        Mode::Tcp6NsHost => iperf_via_gateway(ns, V6, target, d, &[]),
+        Mode::Tcp6HostNs => iperf_via_gateway(ns, V6, target, d, &["-R"]),
         Mode::UdpNsHost => iperf_via_gateway(
             ns,
-            gw,
+            V4,
+            target,
             d,
             &["-u", "-b", UDP_RATE, "-l", &UDP_LEN.to_string()],
         ),
@@ -150,10 +206,21 @@ fn iperf_client_args(target: &str, port: u16, duration: f64, extra: &[&str]) -> 
     a
 }
 
-/// iperf3 server on host loopback, client in the namespace connecting to the gateway.
-fn iperf_via_gateway(ns: &Netns, gw: Ipv4Addr, duration: f64, extra: &[&str]) -> Res<Measured> {
+/// Host loopback addresses the iperf3 server binds.
+const V4: &str = "127.0.0.1";
+const V6: &str = "::1";
+
+/// iperf3 server on host loopback (`bind`), client in the namespace connecting to the gateway
+/// (`target`).
+fn iperf_via_gateway(
+    ns: &Netns,
+    bind: &str,
+    target: &str,
+    duration: f64,
+    extra: &[&str],
+) -> Res<Measured> {
     let mut server = Command::new("iperf3")
-        .args(["-s", "-1", "-B", "127.0.0.1", "-p", &HOST_PORT.to_string()])
+        .args(["-s", "-1", "-B", bind, "-p", &HOST_PORT.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -161,12 +228,7 @@ fn iperf_via_gateway(ns: &Netns, gw: Ipv4Addr, duration: f64, extra: &[&str]) ->
         .map_err(|e| format!("iperf3: {e}"))?;
     let r = env::wait_listening("self", HOST_PORT, &mut server).and_then(|_| {
         let mut client = ns.command("iperf3");
-        client.args(iperf_client_args(
-            &gw.to_string(),
-            HOST_PORT,
-            duration,
-            extra,
-        ));
+        client.args(iperf_client_args(target, HOST_PORT, duration, extra));
         iperf_client(client, duration)
     });
     finish_server(&mut server);

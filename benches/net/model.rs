@@ -39,6 +39,10 @@ pub enum Mode {
     TcpNsHost,
     /// The same with `-R`: data flows host → namespace.
     TcpHostNs,
+    /// iperf3 client in the namespace, server on host `::1` via the IPv6 gateway.
+    Tcp6NsHost,
+    /// The same with `-R`: data flows host → namespace over IPv6.
+    Tcp6HostNs,
     /// Host client → 127.0.0.1:PORT forwarded to the iperf3 server in the namespace.
     TcpFwdIn,
     /// The same with `-R`: data flows namespace → host through the forward.
@@ -56,9 +60,11 @@ pub const UDP_RATE: &str = "1G";
 pub const UDP_LEN: u32 = 1400;
 
 impl Mode {
-    pub const ALL: [Mode; 7] = [
+    pub const ALL: [Mode; 9] = [
         Self::TcpNsHost,
         Self::TcpHostNs,
+        Self::Tcp6NsHost,
+        Self::Tcp6HostNs,
         Self::TcpFwdIn,
         Self::TcpFwdOut,
         Self::UdpNsHost,
@@ -70,6 +76,8 @@ impl Mode {
         match self {
             Self::TcpNsHost => "tcp-ns-host",
             Self::TcpHostNs => "tcp-host-ns",
+            Self::Tcp6NsHost => "tcp6-ns-host",
+            Self::Tcp6HostNs => "tcp6-host-ns",
             Self::TcpFwdIn => "tcp-fwd-in",
             Self::TcpFwdOut => "tcp-fwd-out",
             Self::UdpNsHost => "udp-ns-host",
@@ -82,6 +90,8 @@ impl Mode {
         match self {
             Self::TcpNsHost => "TCP ns→host",
             Self::TcpHostNs => "TCP host→ns",
+            Self::Tcp6NsHost => "TCP ns→host (IPv6)",
+            Self::Tcp6HostNs => "TCP host→ns (IPv6)",
             Self::TcpFwdIn => "TCP fwd host→ns",
             Self::TcpFwdOut => "TCP fwd ns→host",
             Self::UdpNsHost => "UDP ns→host (1 Gbit/s offered)",
@@ -104,6 +114,12 @@ impl Mode {
 
     pub fn forwards(self) -> bool {
         matches!(self, Self::TcpFwdIn | Self::TcpFwdOut)
+    }
+
+    /// Measured over IPv6: the helper is started with `-6` (slirp4netns, slirpnet) and the
+    /// namespace must have an IPv6 address and default route first.
+    pub fn ipv6(self) -> bool {
+        matches!(self, Self::Tcp6NsHost | Self::Tcp6HostNs)
     }
 }
 
