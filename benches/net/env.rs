@@ -224,8 +224,18 @@ impl Outer {
         sh("ip", &["route", "add", "default", "via", SINK_ADDR])?;
         // A host IPv6 default route: pasta configures IPv6 in the namespace only with one.
         // Stray IPv6 dies in the sink (no forwarding, no further links), as IPv4 does.
-        let ipv6 =
-            ipv6.and_then(|_| sh("ip", &["-6", "route", "add", "default", "via", SINK_ADDR6]));
+        // (Retried briefly: the veth's carrier and IPv6 setup follow the peer's link-up.)
+        let ipv6 = ipv6.and_then(|_| {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                match sh("ip", &["-6", "route", "add", "default", "via", SINK_ADDR6]) {
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    r => return r,
+                }
+            }
+        });
         if let Err(e) = ipv6 {
             eprintln!("no IPv6 in the suite's namespace, the IPv6 modes will fail: {e}");
             outer.no_ipv6 = Some(format!("no IPv6 in the suite's namespace: {e}"));
