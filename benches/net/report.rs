@@ -386,6 +386,11 @@ impl Summary {
              through the gateway (10.0.2.2 for slirp4netns and slirpnet; for pasta the namespace's \
              default gateway, which it maps to host loopback).\n\
              - `tcp-host-ns`: the same with `-R` (data flows host → namespace).\n\
+             - `tcp6-ns-host`, `tcp6-host-ns`: the same two over IPv6, server on host `::1`, \
+             reached through the IPv6 gateway (slirp4netns and slirpnet started with `-6`: \
+             fd00::2; pasta: the namespace's IPv6 default gateway, fd99::2 copied from the \
+             suite's namespace, which it maps to host loopback), measured once the namespace \
+             has a global IPv6 address and default route (SLAAC, not timed).\n\
              - `tcp-fwd-in`: iperf3 server in the namespace, client on the host to \
              127.0.0.1:{fwd}, forwarded (slirp4netns, slirpnet: `add_hostfwd` over the `-a` API \
              socket; pasta: `-t {fwd}`); data flows host → namespace.\n\
@@ -397,9 +402,10 @@ impl Summary {
              - `tcp-crr`: connect + 1-byte request/response + close per second.\n\n\
              Everything runs inside a network namespace the suite makes itself \
              (`unshare --net --mount --pid`), holding only `lo` and a veth to a dead-end \
-             namespace (198.18.0.2, needed by pasta, which refuses to start without a routable \
-             interface): no packet can leave the machine.\n\n\
-             Rerun: `sudo cargo bench --bench net` (about 25 minutes with the defaults; \
+             namespace (198.18.0.2 and fd99::2, needed by pasta, which refuses to start without \
+             a routable interface and sets up IPv6 only with an IPv6 default route): no packet \
+             can leave the machine.\n\n\
+             Rerun: `sudo cargo bench --bench net` (about 32 minutes with the defaults; \
              `-- --quick` takes under a minute). Regenerate this page from the raw results: \
              `cargo bench --bench net -- --docs-only --json docs/benchmarks.json`.\n",
             fwd = crate::FWD_PORT,
