@@ -13,11 +13,8 @@ use std::time::{Duration, Instant};
 
 use slirpnet::stack::forward::Proto;
 use smoltcp::socket::tcp::State;
-use smoltcp::wire::{
-    EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpOption, TcpPacket,
-};
 use socket2::{Domain, Socket, Type};
-use support::guest::{Harness, pattern, stack_config};
+use support::guest::{Harness, pattern, stack_config, tcp_to_guest};
 
 fn gateway(port: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, 2, 2], port))
@@ -164,36 +161,10 @@ fn forward_connection_bound_closes_the_extra_client_and_keeps_the_first() {
 fn windows_to_guest(frames: &[Vec<u8>], shift: u8) -> (Vec<usize>, Option<u8>) {
     let mut windows = Vec::new();
     let mut offered = None;
-    for frame in frames {
-        let Ok(eth) = EthernetFrame::new_checked(&frame[..]) else {
-            continue;
-        };
-        if eth.ethertype() != EthernetProtocol::Ipv4 {
-            continue;
-        }
-        let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
-            continue;
-        };
-        if ip.next_header() != IpProtocol::Tcp {
-            continue;
-        }
-        let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
-            continue;
-        };
-        if tcp.rst() {
-            continue;
-        }
-        let window = usize::from(tcp.window_len());
-        if tcp.syn() {
-            let mut options = tcp.options();
-            while let Ok((rest, option)) = TcpOption::parse(options) {
-                match option {
-                    TcpOption::WindowScale(s) => offered = Some(s),
-                    TcpOption::EndOfList => break,
-                    _ => {}
-                }
-                options = rest;
-            }
+    for tcp in tcp_to_guest(frames).into_iter().filter(|tcp| !tcp.rst) {
+        let window = usize::from(tcp.window);
+        if tcp.syn {
+            offered = tcp.window_scale.or(offered);
             windows.push(window);
         } else {
             windows.push(window << shift);

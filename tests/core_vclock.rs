@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
-use support::guest::{Clock, Harness, Impairment, pattern, recv_all, stack_config};
+use support::guest::{Clock, Harness, Impairment, pattern, recv_all, stack_config, tcp_to_guest};
 use support::sim_host::SimHost;
 
 const ONE_WAY: Duration = Duration::from_millis(10);
@@ -182,4 +182,63 @@ fn a_lossy_long_round_trip_still_delivers_every_byte() {
     };
     upload(BYTES, lossy);
     download(served(), 8 << 20, lossy);
+}
+
+/// A host peer that stops reading for 20 minutes while the guest sends: once our buffer is
+/// full and the host socket takes nothing, everything we hold is acknowledged with a closed
+/// window, so the guest waits on a zero window (which TCP allows forever) instead of
+/// retransmitting unacknowledged data until it gives up (a Linux guest aborts after about
+/// 15 minutes of that). When the peer reads again, every byte arrives.
+#[test]
+fn a_stalled_host_reader_gets_a_zero_window_not_unacknowledged_data() {
+    const SEND_BUFFER: usize = 256 << 10;
+    const FLOW_BUFFER: usize = 4 << 20;
+    let mut host = SimHost::default();
+    host.send_buffer = SEND_BUFFER;
+    let (mut h, s) = connected(host, 8 << 20, Impairment::default());
+    h.to_guest_log = Some(Vec::new());
+    let data = pattern(16 << 20, 9);
+    let mut sent = 0;
+    let stall = Duration::from_secs(20 * 60);
+    let started = h.now();
+    h.run_until("the stall", stall + Duration::from_secs(60), |h| {
+        let sock = h.tcp(s);
+        if sent < data.len() && sock.can_send() {
+            sent += sock.send_slice(&data[sent..]).unwrap();
+        }
+        h.now() - started >= stall
+    });
+    // The peer has read nothing: its socket holds what it took, at most its send buffer.
+    let taken = h.stack.host.connections[0].received.len();
+    assert!(taken <= SEND_BUFFER, "{taken}");
+    // The log starts once established, before any data: its first ACK is the guest's ISN + 1.
+    let seen = tcp_to_guest(h.to_guest_log.as_ref().unwrap());
+    let first = seen.first().and_then(|tcp| tcp.ack).expect("ACKs to the guest");
+    let last = seen.last().unwrap();
+    let acked = last.ack.unwrap().wrapping_sub(first) as usize;
+    let mss = 1460;
+    assert!(
+        acked >= SEND_BUFFER + FLOW_BUFFER - mss,
+        "only {acked} bytes acknowledged while the host socket holds {SEND_BUFFER} and our \
+         buffer {FLOW_BUFFER}: the guest would be retransmitting the rest"
+    );
+    assert!(
+        usize::from(last.window) << 7 < mss,
+        "the window stays open during the stall: {}",
+        last.window
+    );
+    assert!(!last.rst, "the flow was reset");
+    // The peer reads again: the window reopens and the rest arrives intact.
+    h.run_until("the rest", Duration::from_secs(120), |h| {
+        let sock = h.tcp(s);
+        if sent < data.len() && sock.can_send() {
+            sent += sock.send_slice(&data[sent..]).unwrap();
+        }
+        h.stack.host.drain(0);
+        h.stack.host.connections[0].received.len() >= data.len()
+    });
+    assert!(
+        h.stack.host.connections[0].received == data,
+        "the host peer got other bytes than the guest sent"
+    );
 }

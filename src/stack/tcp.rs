@@ -2,8 +2,11 @@
 //! do the TCP work (ARCHITECTURE.md, "The data path").
 //!
 //! Guest → host: payload goes straight into the host socket; we acknowledge to the guest only
-//! what the host socket took. Bytes it refused wait in `pending` (never dropped, never acked
-//! early); the window we advertise is what `pending` can still hold.
+//! what the host socket took. Bytes it refused wait in `pending` (never dropped); the window we
+//! advertise is what `pending` can still hold. One exception: once `pending` is full and the
+//! host socket still takes nothing, we acknowledge what `pending` holds with a zero window, so
+//! the guest probes the window (for as long as it takes, as TCP allows) instead of
+//! retransmitting into a full buffer until it gives the connection up.
 //! Host → guest: bytes are peeked (`MSG_PEEK` with `SO_PEEK_OFF`) from the host socket straight
 //! into frames, so unacknowledged data stays in the kernel's receive buffer, which is our
 //! retransmission queue; acknowledged bytes are then discarded from it.
@@ -96,6 +99,9 @@ pub struct TcpFlow<S> {
     // Guest → host.
     /// Everything before this the host socket has taken; what we acknowledge.
     rcv_acked: u32,
+    /// What we acknowledged beyond `rcv_acked` when `pending` filled up while the host socket
+    /// took nothing (otherwise at or behind `rcv_acked`).
+    ack_point: u32,
     /// Bytes from `rcv_acked` on, received in order but not yet taken by the host socket.
     pending: Vec<u8>,
     /// The most `pending` may hold (`--limit flow-buffer`), and so the largest window.
@@ -169,6 +175,7 @@ impl<S> TcpFlow<S> {
             mss: guest_mss.min(link_mss).max(8),
             scaling,
             rcv_acked: syn.seq.wrapping_add(1),
+            ack_point: syn.seq.wrapping_add(1),
             pending: Vec::new(),
             buffer: RECEIVE_BUFFER,
             window_shift: WINDOW_SHIFT,
@@ -238,6 +245,7 @@ impl<S> TcpFlow<S> {
     fn on_syn_ack(&mut self, seg: &Segment, link_mss: usize) {
         self.state = TcpState::Established;
         self.rcv_acked = seg.seq.wrapping_add(1);
+        self.ack_point = self.rcv_acked;
         self.snd_una = self.iss.wrapping_add(1);
         self.snd_nxt = self.snd_una;
         self.scaling = seg.window_scale.is_some();
@@ -263,10 +271,35 @@ impl<S> TcpFlow<S> {
     /// edge never moves left (RFC 9293 3.8.6.2.2). Subtracting `pending` again would count
     /// those bytes twice, and the guest would stop at half the buffer.
     fn window_field(&self) -> u16 {
+        // The right edge stays at `rcv_acked + buffer`, from whatever point we acknowledge.
+        let window = self
+            .rcv_acked
+            .wrapping_add(self.buffer as u32)
+            .wrapping_sub(self.ack_number()) as usize;
         if self.scaling {
-            (self.buffer >> self.window_shift).min(0xffff) as u16
+            // Rounded up, so the right edge never appears to move left as the ACK advances.
+            let unit = (1usize << self.window_shift) - 1;
+            ((window + unit) >> self.window_shift).min(0xffff) as u16
         } else {
-            self.buffer.min(0xffff) as u16
+            window.min(0xffff) as u16
+        }
+    }
+
+    /// The host took `n` more bytes (or the FIN). `ack_point` follows, so that it never lags
+    /// far enough behind to look ahead in sequence space.
+    fn advance_acked(&mut self, n: u32) {
+        self.rcv_acked = self.rcv_acked.wrapping_add(n);
+        if seq_lt(self.ack_point, self.rcv_acked) {
+            self.ack_point = self.rcv_acked;
+        }
+    }
+
+    /// The ACK number we send: `rcv_acked`, or further after the buffer filled (`ack_point`).
+    fn ack_number(&self) -> u32 {
+        if seq_lt(self.ack_point, self.rcv_acked) {
+            self.rcv_acked
+        } else {
+            self.ack_point
         }
     }
 
@@ -276,7 +309,7 @@ impl<S> TcpFlow<S> {
             dst_port: self.key.guest.port(),
             control,
             seq,
-            ack: Some(self.rcv_acked),
+            ack: Some(self.ack_number()),
             window: self.window_field(),
             max_seg_size: None,
             window_scale: None,
@@ -561,7 +594,7 @@ impl<S> TcpFlow<S> {
         if sent > 0 {
             self.bytes_to_host += sent as u64;
             self.pending.drain(..sent);
-            self.rcv_acked = self.rcv_acked.wrapping_add(sent as u32);
+            self.advance_acked(sent as u32);
             self.ack_due = true;
         }
         Ok(())
@@ -572,6 +605,11 @@ impl<S> TcpFlow<S> {
         self.flush_due = false;
         if let Err(verdict) = self.send_pending(host) {
             return verdict;
+        }
+        if self.buffer.saturating_sub(self.pending.len()) < self.mss {
+            // Full, and the host socket took what it could: we answer for these bytes now
+            // (they are safe in `pending`), and the window closes.
+            self.ack_point = self.rcv_acked.wrapping_add(self.pending.len() as u32);
         }
         if let Err(verdict) = self.forward_fin(host) {
             return verdict;
@@ -589,7 +627,7 @@ impl<S> TcpFlow<S> {
         if self.guest_fin_seq == Some(self.rcv_acked) {
             host.shutdown_write(&self.socket)
                 .map_err(|_| Verdict::Reset)?;
-            self.rcv_acked = self.rcv_acked.wrapping_add(1);
+            self.advance_acked(1);
             self.guest_fin_forwarded = true;
             self.ack_due = true;
         }

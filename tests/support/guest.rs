@@ -445,3 +445,60 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 10) as u8)
         .collect()
 }
+
+/// A TCP header the stack sent the guest, as [`tcp_to_guest`] reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct SeenTcp {
+    pub syn: bool,
+    pub rst: bool,
+    pub ack: Option<u32>,
+    /// The raw window field (not scaled).
+    pub window: u16,
+    /// The window scale option (SYN-ACKs only).
+    pub window_scale: Option<u8>,
+    pub payload_len: usize,
+}
+
+/// The TCP headers among `frames` (IPv4), in order.
+pub fn tcp_to_guest(frames: &[Vec<u8>]) -> Vec<SeenTcp> {
+    use smoltcp::wire::{
+        EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpOption, TcpPacket,
+    };
+    let mut seen = Vec::new();
+    for frame in frames {
+        let Ok(eth) = EthernetFrame::new_checked(&frame[..]) else {
+            continue;
+        };
+        if eth.ethertype() != EthernetProtocol::Ipv4 {
+            continue;
+        }
+        let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+            continue;
+        };
+        if ip.next_header() != IpProtocol::Tcp {
+            continue;
+        }
+        let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+            continue;
+        };
+        let mut window_scale = None;
+        let mut options = tcp.options();
+        while let Ok((rest, option)) = TcpOption::parse(options) {
+            match option {
+                TcpOption::WindowScale(s) => window_scale = Some(s),
+                TcpOption::EndOfList => break,
+                _ => {}
+            }
+            options = rest;
+        }
+        seen.push(SeenTcp {
+            syn: tcp.syn(),
+            rst: tcp.rst(),
+            ack: tcp.ack().then(|| tcp.ack_number().0 as u32),
+            window: tcp.window_len(),
+            window_scale,
+            payload_len: tcp.payload().len(),
+        });
+    }
+    seen
+}
