@@ -213,7 +213,10 @@ fn a_stalled_host_reader_gets_a_zero_window_not_unacknowledged_data() {
     assert!(taken <= SEND_BUFFER, "{taken}");
     // The log starts once established, before any data: its first ACK is the guest's ISN + 1.
     let seen = tcp_to_guest(h.to_guest_log.as_ref().unwrap());
-    let first = seen.first().and_then(|tcp| tcp.ack).expect("ACKs to the guest");
+    let first = seen
+        .first()
+        .and_then(|tcp| tcp.ack)
+        .expect("ACKs to the guest");
     let last = seen.last().unwrap();
     let acked = last.ack.unwrap().wrapping_sub(first) as usize;
     let mss = 1460;
