@@ -1,6 +1,7 @@
 //! Floods and faults against the real binary in network namespaces (root only), issue 8:
 //! thousands of UDP flows and half-open TCP connects leave memory bounded and the helper
-//! serving; running out of file descriptors refuses new flows without breaking old ones.
+//! serving; running out of file descriptors refuses new flows without breaking old ones;
+//! 10,000 random frames from the guest are dropped and counted, and service carries on.
 //! Same harness as tests/namespaces.rs: everything stays inside the test's own namespaces
 //! (the floods go to the remote test host 198.18.0.2 and to an address on its link that
 //! nobody answers, 198.18.0.77).
@@ -352,5 +353,112 @@ vanish_phase path
             out.expect_eq(&key("flows_after"), "0");
             out.expect_eq(&key("stderr"), "");
         }
+    }
+}
+
+/// A python snippet run in the guest: `n` random frames written straight onto tap0 through a
+/// packet socket (seeded, so a failure can be replayed). Half are garbage of any ethertype and
+/// length; the rest carry a plausible IPv4 or IPv6 header from the guest's address to the
+/// gateway, the DNS address or the test host's networks, with random protocol, flags and
+/// payload, so they reach the transport parsers. Nothing can leave the test's namespaces:
+/// destinations are virtual addresses or 198.18.0.0/16 and fd99::/64, whose routes end in the
+/// dead-end test host.
+const RANDOM_FRAMES_PY: &str = r#"
+import random, socket, struct, sys
+n, seed = int(sys.argv[1]), int(sys.argv[2])
+rng = random.Random(seed)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("tap0", 0))
+mac = s.getsockname()[4]
+gateway = bytes([0x52, 0x55, 10, 0, 2, 2])
+sent = 0
+for i in range(n):
+    dst = rng.choice([gateway, b"\xff" * 6, rng.randbytes(6)])
+    kind = rng.random()
+    if kind < 0.5:
+        etype = rng.choice([0x0800, 0x0806, 0x86DD, rng.randrange(0x10000)])
+        payload = rng.randbytes(rng.choice([rng.randrange(64), rng.randrange(1500)]))
+    elif kind < 0.8:
+        etype = 0x0800
+        body = rng.randbytes(rng.randrange(60))
+        proto = rng.choice([1, 6, 17, rng.randrange(256)])
+        to = rng.choice([bytes([10, 0, 2, 2]), bytes([10, 0, 2, 3]),
+                         bytes([198, 18, rng.randrange(256), rng.randrange(256)])])
+        flags = rng.choice([0, 0x2000, rng.randrange(0x10000)])
+        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), rng.randrange(0x10000),
+                             flags, 64, proto, 0, bytes([10, 0, 2, 100]), to)
+        payload = header + body
+    else:
+        etype = 0x86DD
+        body = rng.randbytes(rng.randrange(60))
+        nh = rng.choice([6, 17, 58, 0, 44, rng.randrange(256)])
+        src = bytes.fromhex("fd000000000000000000000000000100")
+        to = rng.choice([bytes.fromhex("fd000000000000000000000000000002"),
+                         bytes.fromhex("fd000000000000000000000000000003"),
+                         bytes.fromhex("fd990000000000000000000000000002"),
+                         bytes.fromhex("ff020000000000000000000000000001")])
+        header = struct.pack("!IHBB16s16s", 0x60000000, len(body), nh, rng.choice([64, 255]),
+                             src, to)
+        payload = header + body
+    try:
+        s.send(dst + mac + struct.pack("!H", etype) + payload)
+        sent += 1
+    except OSError:
+        pass
+print("sent", sent)
+"#;
+
+/// 10,000 random frames from the guest, IPv6 on: the helper drops and counts what it cannot
+/// parse, stays alive and small, and then carries a 1 MiB transfer intact.
+#[test]
+fn ten_thousand_random_frames_then_a_working_transfer() {
+    let script = format!(
+        r#"
+setup_outer
+make_payload
+result want "$PAYLOAD_SHA 1048576"
+start_server dl opy tcp-download-server --addr 127.0.0.1 --port 8080 --file "$T/payload"
+cat > "$T/frames.py" <<'PY'
+{RANDOM_FRAMES_PY}
+PY
+start_guest root
+API=$T/api.sock
+start_helper -c -6 -a "$API" "$GUEST" tap0
+# Room for the whole burst in the TAP's queue: every frame must reach the helper.
+in_guest ip link set tap0 txqueuelen 20000
+rss_before=$(awk '/VmRSS/ {{print $2}}' /proc/$HPID/status)
+result sent "$(in_guest timeout 120 $PY "$T/frames.py" 10000 20261129 2>&1 | tail -n1)"
+sleep 0.5
+result alive "$(helper_alive "$HPID")"
+result malformed "$(api "$STATS_REQ" --get return.counters.dropped_malformed 2>&1)"
+result frames_in "$(api "$STATS_REQ" --get return.counters.frames_in 2>&1)"
+result rss_growth_kib "$(( $(awk '/VmRSS/ {{print $2}}' /proc/$HPID/status) - rss_before ))"
+result down "$(gpy tcp-get 10.0.2.2 8080 2>&1)"
+result stderr_lines "$(wc -l < "$HERR")"
+"#
+    );
+    let Some(out) = run(
+        "ten_thousand_random_frames_then_a_working_transfer",
+        &script,
+    ) else {
+        return;
+    };
+    out.expect_eq("sent", "sent 10000");
+    out.expect_eq("alive", "yes");
+    let want = out.get("want").to_string();
+    out.expect_eq("down", &want);
+    if !peer_skips("get_stats counters") {
+        out.expect("frames_in", "at least the 10,000 frames", |v| {
+            v.parse::<u64>().is_ok_and(|n| n >= 10_000)
+        });
+        out.expect("malformed", "garbage dropped and counted", |v| {
+            v.parse::<u64>().is_ok_and(|n| n >= 1000)
+        });
+        out.expect("rss_growth_kib", "under 16 MiB of growth", |v| {
+            v.parse::<i64>().is_ok_and(|kib| kib < 16 * 1024)
+        });
+        out.expect("stderr_lines", "a quiet stderr", |v| {
+            v.parse::<u64>().is_ok_and(|n| n <= 5)
+        });
     }
 }
