@@ -247,3 +247,38 @@ result loopback "$(gpy connect-probe fd00::2 8080 --timeout 5 2>&1 | awk '{print
     }
     out.expect_one_of("loopback", &["ENETUNREACH", "ECONNREFUSED"]);
 }
+
+/// At MTU 1280 (IPv6's minimum), a UDP reply one header too large for the link reaches the
+/// guest in IPv6 fragments that its kernel reassembles (the request itself fits).
+#[test]
+fn udp_replies_larger_than_the_mtu_are_fragmented_over_ipv6() {
+    if is_peer() {
+        eprintln!(
+            "udp_replies_larger_than_the_mtu_are_fragmented_over_ipv6: skipped: slirpnet's fragmentation"
+        );
+        return;
+    }
+    let Some(out) = run(
+        "udp_replies_larger_than_the_mtu_are_fragmented_over_ipv6",
+        r#"
+setup_outer
+start_server ue opy udp-echo-server --addr ::1 --port 7777 --log "$T/udp6.log"
+start_guest root
+start_helper -c -6 --mtu=1280 "$GUEST" tap0
+wait_slaac fd00:
+# 1230 bytes + 48 of headers fit in 1280; the 1235-byte reply does not.
+msg=$(head -c 1230 /dev/zero | tr '\0' 'y')
+reply=$(gpy udp-echo fd00::2 7777 --message "$msg" 2>&1)
+result reply_len "${#reply}"
+result reply_head "${reply:0:8}"
+result host_got "$(awk '{print $2}' "$T/udp6.log" | sort -u | tr '\n' ' ')"
+result reassembled "$(in_guest awk '$1 == "Ip6ReasmOKs" {print $2}' /proc/net/snmp6)"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("host_got", "1230 ");
+    out.expect_eq("reassembled", "1");
+    out.expect_eq("reply_len", "1235");
+    out.expect_eq("reply_head", "echo:yyy");
+}

@@ -477,56 +477,27 @@ impl Tx {
     }
 }
 
-/// Sends an IPv4 datagram whose L4 bytes exceed the guest's MTU as fragments (RFC 791).
+/// Sends a datagram whose L4 bytes exceed the guest's MTU as fragments: as a router would for
+/// IPv4 (RFC 791), and with a fragment header as its source would have had to for IPv6
+/// (RFC 8200 section 4.5). `src` and `dst` are of one family.
 #[allow(clippy::too_many_arguments)]
-pub fn push_ipv4_fragments(
+pub fn push_fragments(
     tx: &mut Tx,
     link: Link,
-    src: std::net::Ipv4Addr,
-    dst: std::net::Ipv4Addr,
-    protocol: IpProtocol,
-    ident: u16,
-    l4: &[u8],
-    mtu: usize,
-) {
-    // Every fragment but the last carries a multiple of 8 bytes.
-    let chunk = (mtu - IPV4_HEADER_LEN) & !7;
-    if chunk == 0 {
-        return;
-    }
-    let mut offset = 0;
-    while offset < l4.len() {
-        let len = chunk.min(l4.len() - offset);
-        let more = offset + len < l4.len();
-        let mut frame = tx.buffer(ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + len);
-        let start = emit_l2_l3(&mut frame, link, src.into(), dst.into(), protocol, len);
-        frame[start..start + len].copy_from_slice(&l4[offset..offset + len]);
-        let mut packet = Ipv4Packet::new_unchecked(&mut frame[ETHERNET_HEADER_LEN..start + len]);
-        packet.set_ident(ident);
-        packet.set_dont_frag(false);
-        packet.set_more_frags(more);
-        packet.set_frag_offset(offset as u16);
-        packet.fill_checksum();
-        tx.push(frame, start + len);
-        offset += len;
-    }
-}
-
-/// Sends an IPv6 datagram whose L4 bytes exceed the guest's MTU as fragments (RFC 8200
-/// section 4.5), as its source would have had to.
-#[allow(clippy::too_many_arguments)]
-pub fn push_ipv6_fragments(
-    tx: &mut Tx,
-    link: Link,
-    src: Ipv6Addr,
-    dst: Ipv6Addr,
+    src: IpAddr,
+    dst: IpAddr,
     protocol: IpProtocol,
     ident: u32,
     l4: &[u8],
     mtu: usize,
 ) {
     const FRAGMENT_HEADER_LEN: usize = 8;
-    let chunk = mtu.saturating_sub(IPV6_HEADER_LEN + FRAGMENT_HEADER_LEN) & !7;
+    let (extra, l3_protocol) = match dst {
+        IpAddr::V4(_) => (0, protocol),
+        IpAddr::V6(_) => (FRAGMENT_HEADER_LEN, IpProtocol::Ipv6Frag),
+    };
+    // Every fragment but the last carries a multiple of 8 bytes.
+    let chunk = mtu.saturating_sub(ip_header_len(dst) + extra) & !7;
     if chunk == 0 {
         return;
     }
@@ -534,23 +505,24 @@ pub fn push_ipv6_fragments(
     while offset < l4.len() {
         let len = chunk.min(l4.len() - offset);
         let more = offset + len < l4.len();
-        let mut frame =
-            tx.buffer(ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + FRAGMENT_HEADER_LEN + len);
-        let start = emit_l2_l3(
-            &mut frame,
-            link,
-            src.into(),
-            dst.into(),
-            IpProtocol::Ipv6Frag,
-            FRAGMENT_HEADER_LEN + len,
-        );
-        let header = &mut frame[start..start + FRAGMENT_HEADER_LEN];
-        header[0] = protocol.into();
-        header[1] = 0;
-        header[2..4].copy_from_slice(&((offset as u16) | u16::from(more)).to_be_bytes());
-        header[4..8].copy_from_slice(&ident.to_be_bytes());
-        let data = start + FRAGMENT_HEADER_LEN;
+        let mut frame = tx.buffer(ETHERNET_HEADER_LEN + ip_header_len(dst) + extra + len);
+        let start = emit_l2_l3(&mut frame, link, src, dst, l3_protocol, extra + len);
+        let data = start + extra;
         frame[data..data + len].copy_from_slice(&l4[offset..offset + len]);
+        if dst.is_ipv6() {
+            let header = &mut frame[start..data];
+            header[0] = protocol.into();
+            header[1] = 0;
+            header[2..4].copy_from_slice(&((offset as u16) | u16::from(more)).to_be_bytes());
+            header[4..8].copy_from_slice(&ident.to_be_bytes());
+        } else {
+            let mut packet = Ipv4Packet::new_unchecked(&mut frame[ETHERNET_HEADER_LEN..data + len]);
+            packet.set_ident(ident as u16);
+            packet.set_dont_frag(false);
+            packet.set_more_frags(more);
+            packet.set_frag_offset(offset as u16);
+            packet.fill_checksum();
+        }
         tx.push(frame, data + len);
         offset += len;
     }

@@ -1147,28 +1147,19 @@ impl<H: Host> Stack<H> {
         packet.fill_checksum(&src.ip().into(), &dst.ip().into());
         self.next_ip_ident = self.next_ip_ident.wrapping_add(1);
         let l4 = &buf[l4_start..offset + n];
-        match (src.ip(), dst.ip()) {
-            (IpAddr::V4(src_ip), IpAddr::V4(dst_ip)) => frame::push_ipv4_fragments(
+        if src.is_ipv4() == dst.is_ipv4() {
+            frame::push_fragments(
                 &mut self.tx,
                 link,
-                src_ip,
-                dst_ip,
-                IpProtocol::Udp,
-                self.next_ip_ident,
-                l4,
-                self.config.mtu,
-            ),
-            (IpAddr::V6(src_ip), IpAddr::V6(dst_ip)) => frame::push_ipv6_fragments(
-                &mut self.tx,
-                link,
-                src_ip,
-                dst_ip,
+                src.ip(),
+                dst.ip(),
                 IpProtocol::Udp,
                 u32::from(self.next_ip_ident),
                 l4,
                 self.config.mtu,
-            ),
-            _ => self.counters.dropped_oversized += 1,
+            );
+        } else {
+            self.counters.dropped_oversized += 1;
         }
         self.tx.recycle(buf);
     }
