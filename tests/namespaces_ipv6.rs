@@ -248,18 +248,17 @@ result loopback "$(gpy connect-probe fd00::2 8080 --timeout 5 2>&1 | awk '{print
     out.expect_one_of("loopback", &["ENETUNREACH", "ECONNREFUSED"]);
 }
 
-/// At MTU 1280 (IPv6's minimum), a UDP reply one header too large for the link reaches the
-/// guest in IPv6 fragments that its kernel reassembles (the request itself fits).
+/// At MTU 1280 (IPv6's minimum), UDP datagrams larger than the link cross in IPv6 fragments
+/// both ways: a 1235-byte reply (its 1230-byte request fits) and a 3000-byte datagram with its
+/// reply. We reassemble the guest's fragments; the guest's kernel reassembles ours.
 #[test]
-fn udp_replies_larger_than_the_mtu_are_fragmented_over_ipv6() {
+fn udp_datagrams_larger_than_the_mtu_over_ipv6() {
     if is_peer() {
-        eprintln!(
-            "udp_replies_larger_than_the_mtu_are_fragmented_over_ipv6: skipped: slirpnet's fragmentation"
-        );
+        eprintln!("udp_datagrams_larger_than_the_mtu_over_ipv6: skipped: slirpnet's fragmentation");
         return;
     }
     let Some(out) = run(
-        "udp_replies_larger_than_the_mtu_are_fragmented_over_ipv6",
+        "udp_datagrams_larger_than_the_mtu_over_ipv6",
         r#"
 setup_outer
 start_server ue opy udp-echo-server --addr ::1 --port 7777 --log "$T/udp6.log"
@@ -271,14 +270,22 @@ msg=$(head -c 1230 /dev/zero | tr '\0' 'y')
 reply=$(gpy udp-echo fd00::2 7777 --message "$msg" 2>&1)
 result reply_len "${#reply}"
 result reply_head "${reply:0:8}"
-result host_got "$(awk '{print $2}' "$T/udp6.log" | sort -u | tr '\n' ' ')"
 result reassembled "$(in_guest awk '$1 == "Ip6ReasmOKs" {print $2}' /proc/net/snmp6)"
+big=$(head -c 3000 /dev/zero | tr '\0' 'z')
+big_reply=$(gpy udp-echo fd00::2 7777 --message "$big" 2>&1)
+result big_reply_len "${#big_reply}"
+result host_got "$(awk '{print $2}' "$T/udp6.log" | sort -un | tr '\n' ' ')"
+result fragmented "$(in_guest awk '$1 == "Ip6FragCreates" {print $2}' /proc/net/snmp6)"
 "#,
     ) else {
         return;
     };
-    out.expect_eq("host_got", "1230 ");
     out.expect_eq("reassembled", "1");
+    out.expect_eq("host_got", "1230 3000 ");
+    out.expect_eq("big_reply_len", "3005");
+    out.expect("fragmented", "the guest sent fragments", |v| {
+        v.parse::<u64>().is_ok_and(|n| n >= 3)
+    });
     out.expect_eq("reply_len", "1235");
     out.expect_eq("reply_head", "echo:yyy");
 }

@@ -528,10 +528,10 @@ impl<H: Host> Stack<H> {
             return;
         }
         let key = reassembly::FragmentKey {
-            src: ip.src_addr,
-            dst: ip.dst_addr,
+            src: ip.src_addr.into(),
+            dst: ip.dst_addr.into(),
             protocol: ip.next_header,
-            id: packet.ident(),
+            id: u32::from(packet.ident()),
         };
         let offset = usize::from(packet.frag_offset());
         match self
@@ -593,12 +593,81 @@ impl<H: Host> Stack<H> {
             return;
         }
         let l4 = packet.payload();
+        if ip.next_header == IpProtocol::Ipv6Frag {
+            self.handle_ipv6_fragment(now, src_mac, ip, l4);
+            return;
+        }
+        self.handle_ipv6_datagram(now, src_mac, &ip, l4);
+    }
+
+    fn handle_ipv6_datagram(
+        &mut self,
+        now: Instant,
+        src_mac: EthernetAddress,
+        ip: &Ipv6Repr,
+        l4: &[u8],
+    ) {
         match ip.next_header {
-            IpProtocol::Tcp => self.handle_tcp(now, &IpRepr::Ipv6(ip), l4),
-            IpProtocol::Udp => self.handle_udp(now, src_mac, &IpRepr::Ipv6(ip), l4),
-            IpProtocol::Icmpv6 => self.handle_icmpv6(now, src_mac, &ip, l4),
-            // Extension headers (hop-by-hop MLD reports, fragments) carry nothing we relay.
+            IpProtocol::Tcp => self.handle_tcp(now, &IpRepr::Ipv6(*ip), l4),
+            IpProtocol::Udp => self.handle_udp(now, src_mac, &IpRepr::Ipv6(*ip), l4),
+            IpProtocol::Icmpv6 => self.handle_icmpv6(now, src_mac, ip, l4),
+            // Other extension headers (hop-by-hop MLD reports) carry nothing we relay.
             _ => self.counters.dropped_unsupported += 1,
+        }
+    }
+
+    /// A fragment (RFC 8200 section 4.5): next header, reserved, offset in 8-byte units with the
+    /// "more" flag, identification; reassembled with the IPv4 fragments' bounds.
+    fn handle_ipv6_fragment(
+        &mut self,
+        now: Instant,
+        src_mac: EthernetAddress,
+        ip: Ipv6Repr,
+        l4: &[u8],
+    ) {
+        let Some(header) = l4.get(..8) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        let protocol = IpProtocol::from(header[0]);
+        let offset_and_more = u16::from_be_bytes([header[2], header[3]]);
+        let offset = usize::from(offset_and_more & 0xfff8);
+        let more = offset_and_more & 1 == 1;
+        let id = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        let payload = &l4[8..];
+        if protocol == IpProtocol::Ipv6Frag {
+            self.counters.dropped_malformed += 1;
+            return;
+        }
+        let whole = Ipv6Repr {
+            next_header: protocol,
+            ..ip
+        };
+        if offset == 0 && !more {
+            // An atomic fragment (RFC 6946): the datagram itself.
+            let whole = Ipv6Repr {
+                payload_len: payload.len(),
+                ..whole
+            };
+            self.handle_ipv6_datagram(now, src_mac, &whole, payload);
+            return;
+        }
+        let key = reassembly::FragmentKey {
+            src: ip.src_addr.into(),
+            dst: ip.dst_addr.into(),
+            protocol,
+            id,
+        };
+        match self.reassembly.add(now, key, offset, payload, more) {
+            Ok(Some(datagram)) => {
+                let whole = Ipv6Repr {
+                    payload_len: datagram.len(),
+                    ..whole
+                };
+                self.handle_ipv6_datagram(now, src_mac, &whole, &datagram);
+            }
+            Ok(None) => {}
+            Err(_) => self.counters.dropped_fragments += 1,
         }
     }
 

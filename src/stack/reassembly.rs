@@ -1,11 +1,12 @@
-//! IPv4 fragment reassembly (RFC 791, RFC 815's hole list simplified to sorted ranges).
+//! IPv4 and IPv6 fragment reassembly (RFC 791, RFC 8200 section 4.5; RFC 815's hole list
+//! simplified to sorted ranges).
 //!
 //! A guest fragments what does not fit its MTU: large UDP datagrams, and at MTU 68 even TCP
 //! segments, since Linux never sends an MSS below 48 bytes. Memory is bounded: at most
 //! [`MAX_DATAGRAMS`] datagrams in progress of at most 64 KiB each; the oldest is dropped to
 //! make room, and none is kept longer than [`TIMEOUT`].
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use smoltcp::wire::IpProtocol;
@@ -14,13 +15,14 @@ pub const MAX_DATAGRAMS: usize = 32;
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_LEN: usize = 65535 - 20;
 
-/// RFC 791: fragments belong together when source, destination, protocol and id match.
+/// Fragments belong together when source, destination, protocol and id match (RFC 791; for
+/// IPv6 the protocol is the fragment header's next header, the id 32 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FragmentKey {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub protocol: IpProtocol,
-    pub id: u16,
+    pub id: u32,
 }
 
 struct Datagram {
@@ -132,10 +134,10 @@ impl Reassembler {
 mod tests {
     use super::*;
 
-    fn key(id: u16) -> FragmentKey {
+    fn key(id: u32) -> FragmentKey {
         FragmentKey {
-            src: Ipv4Addr::new(10, 0, 2, 100),
-            dst: Ipv4Addr::new(10, 0, 2, 2),
+            src: std::net::Ipv4Addr::new(10, 0, 2, 100).into(),
+            dst: std::net::Ipv4Addr::new(10, 0, 2, 2).into(),
             protocol: IpProtocol::Udp,
             id,
         }
