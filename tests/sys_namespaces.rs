@@ -307,7 +307,15 @@ struct BindMount {
 
 impl BindMount {
     fn new(sb: &Sandbox, tag: &str) -> BindMount {
-        let dir = std::env::temp_dir().join(format!("slirpnet-test-{}-{tag}", std::process::id()));
+        // Unique even when a PID comes round again and an earlier run left its mount behind.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "slirpnet-test-{}-{tag}-{nanos}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("netns");
         std::fs::write(&file, b"").unwrap();
