@@ -2,7 +2,7 @@
 //! derived address computed once. Nothing downstream re-validates.
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
@@ -79,6 +79,15 @@ impl NetConfig {
 
     pub fn contains6(&self, addr: Ipv6Addr) -> bool {
         u128::from(addr) >> 64 == u128::from(self.prefix6) >> 64
+    }
+
+    /// The gateway address of `addr`'s family: where ICMP errors and host loopback clients
+    /// appear from.
+    pub fn gateway_for(&self, addr: IpAddr) -> IpAddr {
+        match addr {
+            IpAddr::V4(_) => IpAddr::V4(self.gateway),
+            IpAddr::V6(_) => IpAddr::V6(self.gateway6()),
+        }
     }
 
     /// One of the helper's own IPv6 addresses (gateway, DNS, the router's link-local).

@@ -720,15 +720,13 @@ impl<H: Host> Stack<H> {
     fn unreachable(&mut self, ip: &IpRepr, l4: &[u8], reason: Unreachable) {
         let guest = IpAddr::from(ip.src_addr());
         let link = self.link_to(guest);
-        let (router, original) = match *ip {
-            IpRepr::Ipv4(v4) => {
-                let original = Ipv4Repr {
-                    payload_len: l4.len().max(8),
-                    ..v4
-                };
-                (IpAddr::V4(self.config.net.gateway), IpRepr::Ipv4(original))
-            }
-            IpRepr::Ipv6(v6) => (IpAddr::V6(self.config.net.gateway6()), IpRepr::Ipv6(v6)),
+        let router = self.config.net.gateway_for(guest);
+        let original = match ip {
+            IpRepr::Ipv4(v4) => IpRepr::Ipv4(Ipv4Repr {
+                payload_len: l4.len().max(8),
+                ..*v4
+            }),
+            other => other.clone(),
         };
         let mut frame = self.tx.buffer(0);
         let len = frame::build_unreachable_frame(&mut frame, link, router, &original, l4, reason);
@@ -1385,14 +1383,6 @@ impl<H: Host> Stack<H> {
         }
     }
 
-    /// The gateway address of `addr`'s family: where host loopback clients appear from.
-    fn gateway_for(&self, addr: IpAddr) -> IpAddr {
-        match addr {
-            IpAddr::V4(_) => IpAddr::V4(self.config.net.gateway),
-            IpAddr::V6(_) => IpAddr::V6(self.config.net.gateway6()),
-        }
-    }
-
     fn accept_forwarded(&mut self, now: Instant, index: usize) {
         loop {
             let token = Token(KIND_TCP | self.tcp.vacant_index() as u64);
@@ -1423,7 +1413,7 @@ impl<H: Host> Stack<H> {
             if let Some(forward) = self.forwards.get_mut(index) {
                 forward.stats.connections_total += 1;
             }
-            let gateway = self.gateway_for(info.guest.ip());
+            let gateway = self.config.net.gateway_for(info.guest.ip());
             let link_mss = self.link_mss(info.guest.ip());
             let mut remote = forward::guest_visible_source(peer, gateway);
             if remote.is_ipv4() != info.guest.is_ipv4() {
@@ -1478,10 +1468,7 @@ impl<H: Host> Stack<H> {
                 }
             };
             forward.stats.bytes_to_guest += n as u64;
-            let gateway = match info.guest.ip() {
-                IpAddr::V4(_) => IpAddr::V4(self.config.net.gateway),
-                IpAddr::V6(_) => IpAddr::V6(self.config.net.gateway6()),
-            };
+            let gateway = self.config.net.gateway_for(info.guest.ip());
             let mut remote = forward::guest_visible_source(client, gateway);
             if remote.is_ipv4() != info.guest.is_ipv4() {
                 remote = SocketAddr::new(gateway, client.port());
