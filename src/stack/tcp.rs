@@ -97,10 +97,10 @@ pub struct TcpFlow<S> {
     /// Both SYNs carried a window scale option.
     scaling: bool,
     // Guest → host.
-    /// Everything before this the host socket has taken; what we acknowledge.
+    /// Everything before this the host socket has taken.
     rcv_acked: u32,
-    /// What we acknowledged beyond `rcv_acked` when `pending` filled up while the host socket
-    /// took nothing (otherwise at or behind `rcv_acked`).
+    /// The ACK number we send: `rcv_acked`, or further (what `pending` held) once `pending`
+    /// filled up while the host socket took nothing. Never behind `rcv_acked`.
     ack_point: u32,
     /// Bytes from `rcv_acked` on, received in order but not yet taken by the host socket.
     pending: Vec<u8>,
@@ -275,7 +275,7 @@ impl<S> TcpFlow<S> {
         let window = self
             .rcv_acked
             .wrapping_add(self.buffer as u32)
-            .wrapping_sub(self.ack_number()) as usize;
+            .wrapping_sub(self.ack_point) as usize;
         if self.scaling {
             // Rounded up, so the right edge never appears to move left as the ACK advances.
             let unit = (1usize << self.window_shift) - 1;
@@ -285,21 +285,11 @@ impl<S> TcpFlow<S> {
         }
     }
 
-    /// The host took `n` more bytes (or the FIN). `ack_point` follows, so that it never lags
-    /// far enough behind to look ahead in sequence space.
+    /// The host took `n` more bytes (or the FIN); `ack_point` never falls behind.
     fn advance_acked(&mut self, n: u32) {
         self.rcv_acked = self.rcv_acked.wrapping_add(n);
         if seq_lt(self.ack_point, self.rcv_acked) {
             self.ack_point = self.rcv_acked;
-        }
-    }
-
-    /// The ACK number we send: `rcv_acked`, or further after the buffer filled (`ack_point`).
-    fn ack_number(&self) -> u32 {
-        if seq_lt(self.ack_point, self.rcv_acked) {
-            self.rcv_acked
-        } else {
-            self.ack_point
         }
     }
 
@@ -309,7 +299,7 @@ impl<S> TcpFlow<S> {
             dst_port: self.key.guest.port(),
             control,
             seq,
-            ack: Some(self.ack_number()),
+            ack: Some(self.ack_point),
             window: self.window_field(),
             max_seg_size: None,
             window_scale: None,
