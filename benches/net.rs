@@ -1,4 +1,6 @@
-//! Network benchmark suite: slirpnet against slirp4netns and pasta, side by side, with iperf3.
+//! Network benchmark suite: slirpnet against slirp4netns and pasta, side by side, with iperf3,
+//! and against the kernel itself (a veth pair between the namespaces, no user-mode helper) as
+//! the ceiling.
 //!
 //! Run as root: `cargo bench --bench net -- [OPTIONS]` (`--help`); cargo builds slirpnet for
 //! it (`CARGO_BIN_EXE_slirpnet`, bench profile).
@@ -7,7 +9,8 @@
 //! `unshare --net --mount --pid --fork --kill-child --mount-proc`, and measures only there:
 //! in a network namespace of its own that holds `lo` and a veth to a dead-end "sink"
 //! namespace. Every helper, server and client runs in that namespace or in per-run namespaces
-//! inside it; nothing targets any address but loopback and the suite's own namespaces. When the
+//! inside it (the kernel baseline links a per-run namespace to it with a veth pair); nothing
+//! targets any address but loopback and the suite's own namespaces. When the
 //! suite ends (or is killed), the kernel kills everything it started.
 
 #[path = "net/cli.rs"]
@@ -28,11 +31,13 @@ use std::time::Instant;
 
 use model::{HelperKind, Run, Status};
 
-/// iperf3 server on host loopback (namespace → host modes).
+/// iperf3 server on host loopback (namespace → host modes; the kernel baseline: on the suite's
+/// end of the veth pair).
 pub const HOST_PORT: u16 = 5201;
-/// iperf3 server in the namespace, reached through a forward of 127.0.0.1:FWD_PORT.
+/// iperf3 server in the namespace, reached through a forward of 127.0.0.1:FWD_PORT (the kernel
+/// baseline: directly, at the namespace's end of the veth pair).
 pub const FWD_PORT: u16 = 5301;
-/// The latency server on host loopback.
+/// The latency server in the suite's namespace (host loopback for the helpers).
 pub const LATENCY_PORT: u16 = 5401;
 
 const INNER_ENV: &str = "SLIRPNET_BENCH_INNER";
@@ -123,7 +128,8 @@ fn outer_main(opts: &cli::Options) -> Result<(), String> {
 
 struct Found {
     kind: HelperKind,
-    path: PathBuf,
+    /// `None` for the kernel baseline.
+    path: Option<PathBuf>,
     version: String,
 }
 
@@ -132,6 +138,7 @@ fn locate(kind: HelperKind, opts: &cli::Options) -> Option<PathBuf> {
         HelperKind::Slirpnet => &opts.slirpnet,
         HelperKind::Slirp4netns => &opts.slirp4netns,
         HelperKind::Pasta => &opts.pasta,
+        HelperKind::Kernel => return None,
     };
     if let Some(p) = given {
         return p.is_file().then(|| p.clone());
@@ -150,7 +157,13 @@ fn locate(kind: HelperKind, opts: &cli::Options) -> Option<PathBuf> {
         }
         HelperKind::Slirp4netns => env::which("slirp4netns"),
         HelperKind::Pasta => env::which("pasta"),
+        HelperKind::Kernel => None,
     }
+}
+
+fn kernel_version() -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("Linux {}: veth pair, no user-mode helper", release.trim())
 }
 
 fn version_of(kind: HelperKind, path: &Path) -> String {
@@ -168,7 +181,7 @@ fn version_of(kind: HelperKind, path: &Path) -> String {
         })
         .unwrap_or_default();
     let package = match kind {
-        HelperKind::Slirpnet => None,
+        HelperKind::Slirpnet | HelperKind::Kernel => None,
         HelperKind::Slirp4netns => Some("slirp4netns"),
         HelperKind::Pasta => Some("passt"),
     };
@@ -189,6 +202,14 @@ fn version_of(kind: HelperKind, path: &Path) -> String {
     }
 }
 
+/// One step of the plan.
+enum Step {
+    /// rep, MTU, mode, index into the helpers found.
+    Run(u32, u32, model::Mode, usize),
+    /// Direct host loopback (reference for the forward modes), once per rep.
+    Loopback(u32),
+}
+
 /// In the suite's own namespaces: measure, write JSON, print the summary.
 fn inner_main(opts: &cli::Options) -> Result<(), String> {
     let scratch = std::env::var_os(SCRATCH_ENV)
@@ -197,13 +218,21 @@ fn inner_main(opts: &cli::Options) -> Result<(), String> {
     let outer = env::Outer::setup(&scratch)?;
     let mut found = Vec::new();
     for &kind in &opts.helpers {
+        if !kind.has_process() {
+            found.push(Found {
+                kind,
+                path: None,
+                version: kernel_version(),
+            });
+            continue;
+        }
         match locate(kind, opts) {
             Some(path) => {
                 let version = version_of(kind, &path);
                 eprintln!("found {}: {} ({version})", kind.name(), path.display());
                 found.push(Found {
                     kind,
-                    path,
+                    path: Some(path),
                     version,
                 });
             }
@@ -222,32 +251,43 @@ fn inner_main(opts: &cli::Options) -> Result<(), String> {
     }
     measure::start_latency_server()?;
 
-    // Interleaved: for each repetition, each cell, every helper in turn.
+    // Interleaved: for each repetition, each cell, every helper in turn. With the kernel
+    // baseline and a forward mode, each repetition also measures direct host loopback once.
+    let loopback =
+        found.iter().any(|f| !f.kind.has_process()) && opts.modes.iter().any(|m| m.forwards());
     let mut plan = Vec::new();
     for rep in 0..opts.reps {
+        if loopback {
+            plan.push(Step::Loopback(rep));
+        }
         for &mtu in &opts.mtus {
             for &mode in &opts.modes {
                 for (i, _) in found.iter().enumerate() {
-                    plan.push((rep, mtu, mode, i));
+                    plan.push(Step::Run(rep, mtu, mode, i));
                 }
             }
         }
     }
     let total = plan.len();
     eprintln!(
-        "{total} runs: {} helper(s) × {} mode(s) × {} MTU(s) × {} rep(s), {} s each",
+        "{total} runs: {} helper(s) × {} mode(s) × {} MTU(s) × {} rep(s){}, {} s each",
         found.len(),
         opts.modes.len(),
         opts.mtus.len(),
         opts.reps,
+        if loopback {
+            " + direct host loopback once per rep"
+        } else {
+            ""
+        },
         opts.duration
     );
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut runs: Vec<Run> = Vec::new();
+    let mut loopback_runs: Vec<Result<f64, String>> = Vec::new();
     let mut wall_sum = 0.0;
-    for (n, &(rep, mtu, mode, i)) in plan.iter().enumerate() {
-        let h = &found[i];
+    for (n, step) in plan.iter().enumerate() {
         // Average wall time of the runs so far (failed starts are quick, and count as such).
         let per_run = if n == 0 {
             opts.duration + 1.0
@@ -255,13 +295,23 @@ fn inner_main(opts: &cli::Options) -> Result<(), String> {
             wall_sum / n as f64
         };
         let eta = per_run * (total - n) as f64;
+        let what = match *step {
+            Step::Loopback(rep) => format!(
+                "rep {}/{} · direct host loopback (no namespace)",
+                rep + 1,
+                opts.reps
+            ),
+            Step::Run(rep, mtu, mode, i) => format!(
+                "rep {}/{} · MTU {mtu} · {} · {}",
+                rep + 1,
+                opts.reps,
+                mode.name(),
+                found[i].kind.name()
+            ),
+        };
         let line = format!(
-            "[{}/{total}] rep {}/{} · MTU {mtu} · {} · {} · ~{} left",
+            "[{}/{total}] {what} · ~{} left",
             n + 1,
-            rep + 1,
-            opts.reps,
-            mode.name(),
-            h.kind.name(),
             report::fmt_duration(eta)
         );
         if tty {
@@ -269,9 +319,26 @@ fn inner_main(opts: &cli::Options) -> Result<(), String> {
         } else {
             eprintln!("{line}");
         }
+        let (rep, mtu, mode, i) = match *step {
+            Step::Run(rep, mtu, mode, i) => (rep, mtu, mode, i),
+            Step::Loopback(_) => {
+                let t0 = Instant::now();
+                let r = measure::loopback(opts.duration);
+                wall_sum += t0.elapsed().as_secs_f64();
+                if let Err(e) = &r {
+                    if tty {
+                        eprintln!();
+                    }
+                    eprintln!("  direct host loopback: failed — {e}");
+                }
+                loopback_runs.push(r);
+                continue;
+            }
+        };
+        let h = &found[i];
         let run = measure::run(&measure::Plan {
             kind: h.kind,
-            binary: &h.path,
+            binary: h.path.as_deref(),
             mode,
             mtu,
             rep,
@@ -308,9 +375,13 @@ fn inner_main(opts: &cli::Options) -> Result<(), String> {
         opts,
         &found
             .iter()
-            .map(|f| (f.kind, f.path.display().to_string(), f.version.clone()))
+            .map(|f| {
+                let path = f.path.as_ref().map(|p| p.display().to_string());
+                (f.kind, path, f.version.clone())
+            })
             .collect::<Vec<_>>(),
         &runs,
+        loopback.then_some(loopback_runs.as_slice()),
     );
     if let Some(dir) = opts.json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use crate::model::{HelperKind, Mode};
 
 pub const USAGE: &str = "\
-slirpnet network benchmark suite: slirpnet against slirp4netns and pasta, with iperf3.
+slirpnet network benchmark suite: slirpnet against slirp4netns and pasta, with iperf3,
+and against the kernel's own path (a veth pair, no user-mode helper) as the ceiling.
 
 Run as root (it makes its own network namespaces; nothing leaves the machine):
     cargo bench --bench net -- [OPTIONS]
@@ -14,7 +15,12 @@ Run as root (it makes its own network namespaces; nothing leaves the machine):
 Options:
     --duration SECS     seconds per iperf3/latency run (default 10; --quick: 1)
     --reps N            repetitions per cell, interleaved across helpers (default 3; --quick: 1)
-    --helpers LIST      comma-separated: slirpnet,slirp4netns,pasta (default: all three)
+    --helpers LIST      comma-separated: slirpnet,slirp4netns,pasta,kernel (default: all four)
+                        kernel: no user-mode helper; the namespace gets a veth pair to the
+                        suite's namespace and the same clients and servers talk across it
+                        (forward modes: straight to the namespace's address, no forward).
+                        With it and a forward mode, each repetition also measures direct
+                        host loopback (127.0.0.1 to 127.0.0.1) once
     --mtu LIST          comma-separated MTUs (default 1500,65520; --quick: 65520)
     --modes LIST        comma-separated modes (default: all):
                           tcp-ns-host, tcp-host-ns, tcp6-ns-host, tcp6-host-ns,

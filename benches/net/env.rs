@@ -8,6 +8,11 @@
 //! stray packet dies there. The sink only exists because pasta refuses to start without a
 //! routable host interface (and configures IPv6 in the namespace only with a host IPv6 default
 //! route); pasta maps the namespace's gateways (198.18.0.2, fd99::2) to host loopback.
+//!
+//! The `kernel` baseline gives a run's namespace a veth pair to the suite's namespace instead
+//! of a helper (198.18.1.0/30 and fd98::/64); the run's namespace has no default route, and the
+//! suite's namespace does not forward, so nothing from it goes further than the suite's
+//! namespace either.
 
 use std::fs::File;
 use std::io::Read;
@@ -35,6 +40,14 @@ pub const OUTER_ADDR6: &str = "fd99::1/64";
 pub const SLIRP_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 /// Their IPv6 gateway with `-6` (fd00::/64 by default), which reaches host `::1`.
 pub const SLIRP_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+
+/// The `kernel` baseline's veth pair: the suite's ("host") end and the namespace's end.
+pub const KERNEL_HOST: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+pub const KERNEL_NS: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const KERNEL_PREFIX: u8 = 30;
+pub const KERNEL_HOST6: Ipv6Addr = Ipv6Addr::new(0xfd98, 0, 0, 0, 0, 0, 0, 1);
+pub const KERNEL_NS6: Ipv6Addr = Ipv6Addr::new(0xfd98, 0, 0, 0, 0, 0, 0, 2);
+const KERNEL_PREFIX6: u8 = 64;
 
 pub type Res<T> = Result<T, String>;
 
@@ -471,6 +484,50 @@ impl Drop for Netns {
     }
 }
 
+/// The `kernel` baseline's link: a veth pair between the suite's namespace and a run's
+/// namespace, both ends at the run's MTU, addressed (IPv6 without duplicate address detection,
+/// usable at once) and up. Deleted on drop (both ends go at once), so the next run can reuse the
+/// addresses without waiting for the namespace's asynchronous teardown.
+pub struct VethPair {
+    host: String,
+}
+
+impl VethPair {
+    pub fn new(ns: &Netns, mtu: u32, ipv6: bool, run_id: usize) -> Res<VethPair> {
+        let host = format!("vk{run_id}");
+        let mtu = mtu.to_string();
+        let pid = ns.pid.to_string();
+        sh(
+            "ip",
+            &[
+                "link", "add", &host, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu",
+                &mtu, "netns", &pid,
+            ],
+        )?;
+        let pair = VethPair { host };
+        let host = pair.host.as_str();
+        let host4 = format!("{KERNEL_HOST}/{KERNEL_PREFIX}");
+        let ns4 = format!("{KERNEL_NS}/{KERNEL_PREFIX}");
+        sh("ip", &["addr", "add", &host4, "dev", host])?;
+        ns.sh(&["ip", "addr", "add", &ns4, "dev", "eth0"])?;
+        if ipv6 {
+            let host6 = format!("{KERNEL_HOST6}/{KERNEL_PREFIX6}");
+            let ns6 = format!("{KERNEL_NS6}/{KERNEL_PREFIX6}");
+            sh("ip", &["-6", "addr", "add", &host6, "dev", host, "nodad"])?;
+            ns.sh(&["ip", "-6", "addr", "add", &ns6, "dev", "eth0", "nodad"])?;
+        }
+        sh("ip", &["link", "set", host, "up"])?;
+        ns.sh(&["ip", "link", "set", "eth0", "up"])?;
+        Ok(pair)
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["link", "del", &self.host]);
+    }
+}
+
 enum Proc {
     Child(Child),
     Daemon(i32),
@@ -672,6 +729,7 @@ pub fn start_helper(start: &Start, ns: &mut Netns) -> Res<Helper> {
                 stderr,
             })
         }
+        HelperKind::Kernel => Err("the kernel baseline has no helper to start".into()),
     }
 }
 

@@ -1,7 +1,8 @@
-//! One run of one cell: fresh namespace, helper, servers, client, helper CPU and RSS.
+//! One run of one cell: fresh namespace, helper (or, for the kernel baseline, a veth pair),
+//! servers, client, helper CPU and RSS.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -14,7 +15,8 @@ use crate::{FWD_PORT, HOST_PORT, LATENCY_PORT};
 
 pub struct Plan<'a> {
     pub kind: HelperKind,
-    pub binary: &'a Path,
+    /// The helper's binary (`None` for the kernel baseline).
+    pub binary: Option<&'a Path>,
     pub mode: Mode,
     pub mtu: u32,
     pub rep: u32,
@@ -46,18 +48,77 @@ fn failed(why: impl Into<String>) -> RunErr {
     (Status::Failed, why.into())
 }
 
+/// Where the servers listen and the clients connect.
+struct Ends {
+    /// The address the iperf3 server in the suite's namespace binds (namespace → host modes).
+    bind: String,
+    /// The address the client in the namespace connects to, to reach that server.
+    target: String,
+    /// The address the client in the suite's namespace connects to, to reach the iperf3 server
+    /// in the namespace (forward modes).
+    fwd_target: String,
+    /// The address the latency client in the namespace connects to, to reach the suite's
+    /// latency server.
+    latency: IpAddr,
+}
+
+impl Ends {
+    /// Through a helper: servers on host loopback, reached through the helper's gateway
+    /// (`target`, `gateway`); forwards from host loopback.
+    fn helper(ipv6: bool, target: String, gateway: Ipv4Addr) -> Ends {
+        Ends {
+            bind: if ipv6 { V6 } else { V4 }.into(),
+            target,
+            fwd_target: V4.into(),
+            latency: gateway.into(),
+        }
+    }
+
+    /// The kernel baseline: the servers in the suite's namespace bind its end of the veth pair
+    /// (the namespace cannot reach the suite's loopback), the clients connect across the pair.
+    fn kernel(ipv6: bool) -> Ends {
+        let host = if ipv6 {
+            env::KERNEL_HOST6.to_string()
+        } else {
+            env::KERNEL_HOST.to_string()
+        };
+        Ends {
+            bind: host.clone(),
+            target: host,
+            fwd_target: env::KERNEL_NS.to_string(),
+            latency: env::KERNEL_HOST.into(),
+        }
+    }
+}
+
+fn record(result: &mut Run, m: Measured) {
+    result.value = Some(m.value);
+    result.loss_pct = m.loss_pct;
+    result.retransmits = m.retransmits;
+    result.status = Status::Ok;
+}
+
 fn run_inner(plan: &Plan, result: &mut Run) -> Result<(), RunErr> {
     let ipv6 = plan.mode.ipv6();
     if let Some(why) = plan.no_ipv6.filter(|_| ipv6) {
         return Err(failed(why));
     }
     let mut ns = Netns::new().map_err(failed)?;
+    if !plan.kind.has_process() {
+        // The kernel baseline: no helper, so no start-up time, CPU or RSS to record.
+        let _pair = env::VethPair::new(&ns, plan.mtu, ipv6, plan.run_id)
+            .map_err(|e| failed(format!("veth pair: {e}")))?;
+        let m = measure(plan, &ns, &Ends::kernel(ipv6)).map_err(failed)?;
+        record(result, m);
+        return Ok(());
+    }
+    let binary = plan.binary.ok_or_else(|| failed("no helper binary"))?;
     // pasta always gets its forward at start, as engines pass `-t` for published ports;
     // slirp4netns-like helpers get an API socket only when the mode needs a forward.
     let fwd = (plan.mode.forwards() || plan.kind == HelperKind::Pasta).then_some(FWD_PORT);
     let start = env::Start {
         kind: plan.kind,
-        binary: plan.binary,
+        binary,
         mtu: plan.mtu,
         fwd_port: fwd,
         ipv6,
@@ -86,10 +147,11 @@ fn run_inner(plan: &Plan, result: &mut Run) -> Result<(), RunErr> {
     } else {
         helper.gateway.to_string()
     };
+    let ends = Ends::helper(ipv6, target, helper.gateway);
 
     let cpu0 = env::cpu_seconds(helper.pid);
     let w0 = Instant::now();
-    let measured = measure(plan, &ns, &helper, &target);
+    let measured = measure(plan, &ns, &ends);
     let wall = w0.elapsed().as_secs_f64();
     let cpu1 = env::cpu_seconds(helper.pid);
     result.peak_rss_kib = env::status_kib(helper.pid, "VmHWM");
@@ -99,10 +161,7 @@ fn run_inner(plan: &Plan, result: &mut Run) -> Result<(), RunErr> {
     let alive = helper.alive();
     match measured {
         Ok(m) => {
-            result.value = Some(m.value);
-            result.loss_pct = m.loss_pct;
-            result.retransmits = m.retransmits;
-            result.status = Status::Ok;
+            record(result, m);
             if !alive {
                 result.status = Status::Failed;
                 return Err(failed(format!(
@@ -156,6 +215,7 @@ fn ipv6_target(kind: HelperKind, ns: &Netns, helper: &mut Helper) -> Result<Stri
         HelperKind::Pasta => state
             .gateway_target()
             .ok_or_else(|| failed("no IPv6 default gateway")),
+        HelperKind::Kernel => Err(failed("the kernel baseline has no gateway")),
     }
 }
 
@@ -165,25 +225,21 @@ struct Measured {
     retransmits: Option<u64>,
 }
 
-fn measure(plan: &Plan, ns: &Netns, helper: &Helper, target: &str) -> Res<Measured> {
+fn measure(plan: &Plan, ns: &Netns, ends: &Ends) -> Res<Measured> {
     let d = plan.duration;
-    let gw = helper.gateway;
     match plan.mode {
-        Mode::TcpNsHost => iperf_via_gateway(ns, V4, target, d, &[]),
-        Mode::TcpHostNs => iperf_via_gateway(ns, V4, target, d, &["-R"]),
-        Mode::Tcp6NsHost => iperf_via_gateway(ns, V6, target, d, &[]),
-        Mode::Tcp6HostNs => iperf_via_gateway(ns, V6, target, d, &["-R"]),
-        Mode::UdpNsHost => iperf_via_gateway(
+        Mode::TcpNsHost | Mode::Tcp6NsHost => iperf_to_host(ns, ends, d, &[]),
+        Mode::TcpHostNs | Mode::Tcp6HostNs => iperf_to_host(ns, ends, d, &["-R"]),
+        Mode::UdpNsHost => iperf_to_host(
             ns,
-            V4,
-            target,
+            ends,
             d,
             &["-u", "-b", UDP_RATE, "-l", &UDP_LEN.to_string()],
         ),
-        Mode::TcpFwdIn => iperf_via_forward(ns, d, &[]),
-        Mode::TcpFwdOut => iperf_via_forward(ns, d, &["-R"]),
-        Mode::TcpRr => latency(ns, gw, d, "rr"),
-        Mode::TcpCrr => latency(ns, gw, d, "crr"),
+        Mode::TcpFwdIn => iperf_into_ns(ns, ends, d, &[]),
+        Mode::TcpFwdOut => iperf_into_ns(ns, ends, d, &["-R"]),
+        Mode::TcpRr => latency(ns, ends.latency, d, "rr"),
+        Mode::TcpCrr => latency(ns, ends.latency, d, "crr"),
     }
 }
 
@@ -210,46 +266,58 @@ fn iperf_client_args(target: &str, port: u16, duration: f64, extra: &[&str]) -> 
 const V4: &str = "127.0.0.1";
 const V6: &str = "::1";
 
-/// iperf3 server on host loopback (`bind`), client in the namespace connecting to the gateway
-/// (`target`).
-fn iperf_via_gateway(
-    ns: &Netns,
-    bind: &str,
-    target: &str,
-    duration: f64,
-    extra: &[&str],
-) -> Res<Measured> {
-    let mut server = Command::new("iperf3")
-        .args(["-s", "-1", "-B", bind, "-p", &HOST_PORT.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("iperf3: {e}"))?;
-    let r = env::wait_listening("self", HOST_PORT, &mut server).and_then(|_| {
-        let mut client = ns.command("iperf3");
-        client.args(iperf_client_args(target, HOST_PORT, duration, extra));
-        iperf_client(client, duration)
-    });
-    finish_server(&mut server);
-    r
+/// iperf3 server in the suite's namespace (`ends.bind`: host loopback, or the kernel
+/// baseline's end of the veth pair), client in the namespace connecting to `ends.target`.
+fn iperf_to_host(ns: &Netns, ends: &Ends, duration: f64, extra: &[&str]) -> Res<Measured> {
+    let mut server = Command::new("iperf3");
+    server.args(["-s", "-1", "-B", &ends.bind, "-p", &HOST_PORT.to_string()]);
+    let mut client = ns.command("iperf3");
+    client.args(iperf_client_args(&ends.target, HOST_PORT, duration, extra));
+    iperf_pair(server, "self", client, HOST_PORT, duration)
 }
 
-/// iperf3 server in the namespace, client on the host to 127.0.0.1:FWD_PORT (forwarded).
-fn iperf_via_forward(ns: &Netns, duration: f64, extra: &[&str]) -> Res<Measured> {
-    let mut server = ns
-        .command("iperf3")
-        .args(["-s", "-1", "-p", &FWD_PORT.to_string()])
+/// iperf3 server in the namespace, client in the suite's namespace to `ends.fwd_target`
+/// (127.0.0.1:FWD_PORT, forwarded by the helper; or the namespace's end of the veth pair).
+fn iperf_into_ns(ns: &Netns, ends: &Ends, duration: f64, extra: &[&str]) -> Res<Measured> {
+    let mut server = ns.command("iperf3");
+    server.args(["-s", "-1", "-p", &FWD_PORT.to_string()]);
+    let mut client = Command::new("iperf3");
+    client.args(iperf_client_args(
+        &ends.fwd_target,
+        FWD_PORT,
+        duration,
+        extra,
+    ));
+    iperf_pair(server, &ns.pid.to_string(), client, FWD_PORT, duration)
+}
+
+/// Direct host loopback: iperf3 client and server both on 127.0.0.1 in the suite's namespace,
+/// no namespace crossed (the ceiling of any forward from host loopback); Gbit/s.
+pub fn loopback(duration: f64) -> Res<f64> {
+    let mut server = Command::new("iperf3");
+    server.args(["-s", "-1", "-B", V4, "-p", &HOST_PORT.to_string()]);
+    let mut client = Command::new("iperf3");
+    client.args(iperf_client_args(V4, HOST_PORT, duration, &[]));
+    iperf_pair(server, "self", client, HOST_PORT, duration).map(|m| m.value)
+}
+
+/// Starts the iperf3 `server` (one test, `-1`), waits until it listens on `port` in the
+/// namespace of `server_pid`, runs the `client` and reads its JSON.
+fn iperf_pair(
+    mut server: Command,
+    server_pid: &str,
+    client: Command,
+    port: u16,
+    duration: f64,
+) -> Res<Measured> {
+    let mut server = server
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("iperf3: {e}"))?;
-    let r = env::wait_listening(&ns.pid.to_string(), FWD_PORT, &mut server).and_then(|_| {
-        let mut client = Command::new("iperf3");
-        client.args(iperf_client_args("127.0.0.1", FWD_PORT, duration, extra));
-        iperf_client(client, duration)
-    });
+    let r = env::wait_listening(server_pid, port, &mut server)
+        .and_then(|_| iperf_client(client, duration));
     finish_server(&mut server);
     r
 }
@@ -321,13 +389,13 @@ fn run_with_timeout(cmd: &mut Command, timeout_s: f64) -> Res<String> {
 }
 
 /// The latency client (this binary, `__latency`) in the namespace against the host server.
-fn latency(ns: &Netns, gw: Ipv4Addr, duration: f64, kind: &str) -> Res<Measured> {
+fn latency(ns: &Netns, server: IpAddr, duration: f64, kind: &str) -> Res<Measured> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut client = ns.command(exe.to_str().ok_or("exe path not UTF-8")?);
     client.args([
         "__latency",
         kind,
-        &SocketAddr::from((gw, LATENCY_PORT)).to_string(),
+        &SocketAddr::from((server, LATENCY_PORT)).to_string(),
         &format!("{duration}"),
     ]);
     let out = run_with_timeout(&mut client, duration + 20.0)?;
@@ -347,12 +415,13 @@ fn latency(ns: &Netns, gw: Ipv4Addr, duration: f64, kind: &str) -> Res<Measured>
     })
 }
 
-/// Host side of the latency modes, on 127.0.0.1:LATENCY_PORT for the whole suite. The first
-/// byte of a connection selects: `r` = echo one byte per request until EOF; `c` = answer one
-/// byte, then close (the server closes first, so TIME_WAIT stays on host loopback and the
-/// namespace never runs out of ports).
+/// Host side of the latency modes, on LATENCY_PORT of every address of the suite's namespace
+/// for the whole suite: host loopback for the helpers, the suite's end of the kernel baseline's
+/// veth pair (which exists only during a run). The first byte of a connection selects: `r` =
+/// echo one byte per request until EOF; `c` = answer one byte, then close (the server closes
+/// first, so TIME_WAIT stays on the host side and the namespace never runs out of ports).
 pub fn start_latency_server() -> Res<()> {
-    let listener = TcpListener::bind(("127.0.0.1", LATENCY_PORT))
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, LATENCY_PORT))
         .map_err(|e| format!("latency server: {e}"))?;
     std::thread::spawn(move || {
         for stream in listener.incoming() {

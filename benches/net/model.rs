@@ -7,17 +7,35 @@ pub enum HelperKind {
     Slirpnet,
     Slirp4netns,
     Pasta,
+    /// No user-mode helper: a veth pair between the namespace and the suite's namespace, the
+    /// kernel's own path (the ceiling the helpers are measured against).
+    Kernel,
 }
 
 impl HelperKind {
-    pub const ALL: [HelperKind; 3] = [Self::Slirpnet, Self::Slirp4netns, Self::Pasta];
+    pub const ALL: [HelperKind; 4] = [Self::Slirpnet, Self::Slirp4netns, Self::Pasta, Self::Kernel];
 
+    /// The name on the command line (`--helpers`) and in the JSON results.
     pub fn name(self) -> &'static str {
         match self {
             Self::Slirpnet => "slirpnet",
             Self::Slirp4netns => "slirp4netns",
             Self::Pasta => "pasta",
+            Self::Kernel => "kernel",
         }
+    }
+
+    /// The name in reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel (veth)",
+            other => other.name(),
+        }
+    }
+
+    /// Whether there is a helper process (start-up time, CPU, RSS): not for the kernel.
+    pub fn has_process(self) -> bool {
+        self != Self::Kernel
     }
 
     pub fn from_name(s: &str) -> Option<Self> {
@@ -29,6 +47,7 @@ impl HelperKind {
             Self::Slirpnet => "#e66101",
             Self::Slirp4netns => "#5e3c99",
             Self::Pasta => "#1b9e77",
+            Self::Kernel => "#808080",
         }
     }
 }

@@ -79,10 +79,13 @@ fn machine() -> Value {
     json!({ "cpu": cpu, "cores": cores, "kernel": kernel, "mem_kib": mem_kib, "iperf3": iperf3 })
 }
 
+/// `helpers`: kind, binary (none for the kernel baseline), version. `loopback`: the direct host
+/// loopback runs (Gbit/s), when measured.
 pub fn results_json(
     opts: &Options,
-    helpers: &[(HelperKind, String, String)],
+    helpers: &[(HelperKind, Option<String>, String)],
     runs: &[Run],
+    loopback: Option<&[Result<f64, String>]>,
 ) -> Value {
     json!({
         "suite": "slirpnet benches/net.rs",
@@ -103,6 +106,10 @@ pub fn results_json(
             "name": k.name(), "path": path, "version": version,
         })).collect::<Vec<_>>(),
         "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
+        "loopback": loopback.map(|l| l.iter().map(|r| match r {
+            Ok(v) => json!({ "value": v, "error": null }),
+            Err(e) => json!({ "value": null, "error": e }),
+        }).collect::<Vec<_>>()),
     })
 }
 
@@ -113,6 +120,26 @@ pub struct Summary {
     modes: Vec<Mode>,
     mtus: Vec<u32>,
     runs: Vec<Run>,
+    /// Direct host loopback (Gbit/s) and how many of its runs failed, when measured.
+    loopback: Option<(Option<Spread>, usize)>,
+}
+
+/// `a / b` of two medians (`None` without both, or with `b` zero).
+pub fn ratio_of(a: Option<Spread>, b: Option<Spread>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b.median > 0.0 => Some(a.median / b.median),
+        _ => None,
+    }
+}
+
+/// A ratio as a factor ("1.27×").
+fn times(r: Option<f64>) -> String {
+    r.map_or("—".into(), |r| format!("{r:.2}×"))
+}
+
+/// A ratio as a share ("86 %").
+fn percent(r: Option<f64>) -> String {
+    r.map_or("—".into(), |r| format!("{:.0} %", r * 100.0))
 }
 
 fn num(v: f64) -> String {
@@ -164,13 +191,24 @@ impl Summary {
             .as_array()
             .map(|a| a.iter().filter_map(|m| Some(m.as_u64()? as u32)).collect())
             .unwrap_or_default();
+        let loopback = doc["loopback"].as_array().map(|l| {
+            let values = l.iter().filter_map(|r| r["value"].as_f64());
+            let failed = l.iter().filter(|r| r["value"].as_f64().is_none()).count();
+            (Spread::of(values), failed)
+        });
         Ok(Summary {
             doc: doc.clone(),
             helpers,
             modes,
             mtus,
             runs,
+            loopback,
         })
+    }
+
+    /// The helpers that are processes (start-up, CPU and RSS columns).
+    fn processes(&self) -> impl Iterator<Item = HelperKind> + '_ {
+        self.helpers.iter().copied().filter(|h| h.has_process())
     }
 
     fn cell(&self, h: HelperKind, mode: Mode, mtu: u32) -> model::Cell {
@@ -195,38 +233,64 @@ impl Summary {
         t
     }
 
-    fn ratio(&self, mode: Mode, mtu: u32, other: HelperKind) -> String {
+    /// slirpnet's median over `other`'s.
+    fn ratio(&self, mode: Mode, mtu: u32, other: HelperKind) -> Option<f64> {
         let a = self.cell(HelperKind::Slirpnet, mode, mtu).value;
-        let b = self.cell(other, mode, mtu).value;
-        match (a, b) {
-            (Some(a), Some(b)) if b.median > 0.0 => format!("{:.2}×", a.median / b.median),
-            _ => "—".into(),
-        }
+        ratio_of(a, self.cell(other, mode, mtu).value)
     }
 
-    /// Rows of the main table: mode, MTU, unit, one column per helper, two ratios.
+    fn has_kernel(&self) -> bool {
+        self.helpers.contains(&HelperKind::Kernel)
+    }
+
+    /// Rows of the main table: mode, MTU, unit, one column per helper, two ratios, and with the
+    /// kernel baseline slirpnet's share of it.
     fn main_rows(&self) -> (Vec<String>, Vec<Vec<String>>) {
         let mut head = vec!["mode".to_string(), "MTU".into(), "unit".into()];
-        head.extend(self.helpers.iter().map(|h| h.name().to_string()));
+        head.extend(self.helpers.iter().map(|h| h.label().to_string()));
         head.push("slirpnet/slirp4netns".into());
         head.push("slirpnet/pasta".into());
+        if self.has_kernel() {
+            head.push("slirpnet/kernel".into());
+        }
         let mut rows = Vec::new();
         for &mode in &self.modes {
             for &mtu in &self.mtus {
                 let mut row = vec![mode.name().to_string(), mtu.to_string(), mode.unit().into()];
                 row.extend(self.helpers.iter().map(|&h| self.value_text(h, mode, mtu)));
-                row.push(self.ratio(mode, mtu, HelperKind::Slirp4netns));
-                row.push(self.ratio(mode, mtu, HelperKind::Pasta));
+                row.push(times(self.ratio(mode, mtu, HelperKind::Slirp4netns)));
+                row.push(times(self.ratio(mode, mtu, HelperKind::Pasta)));
+                if self.has_kernel() {
+                    row.push(percent(self.ratio(mode, mtu, HelperKind::Kernel)));
+                }
                 rows.push(row);
             }
         }
         (head, rows)
     }
 
+    /// The direct host loopback figure, one line, when measured.
+    fn loopback_text(&self) -> Option<String> {
+        let (spread, failed) = self.loopback.as_ref()?;
+        let value = match spread {
+            Some(s) => format!("{} Gbit/s", spread_text(s)),
+            None => "failed".into(),
+        };
+        let failed = if *failed > 0 && spread.is_some() {
+            format!(" ({failed} run(s) failed)")
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "direct host loopback (iperf3 client and server both on 127.0.0.1, no namespace \
+             crossed; the ceiling of any forward from host loopback): {value}{failed}"
+        ))
+    }
+
     /// Rows of the resource table: helper CPU (cores) and peak RSS per cell.
     fn resource_rows(&self) -> (Vec<String>, Vec<Vec<String>>) {
         let mut head = vec!["mode".to_string(), "MTU".into()];
-        for h in &self.helpers {
+        for h in self.processes() {
             head.push(format!("{} CPU", h.name()));
             head.push(format!("{} peak RSS", h.name()));
         }
@@ -234,7 +298,7 @@ impl Summary {
         for &mode in &self.modes {
             for &mtu in &self.mtus {
                 let mut row = vec![mode.name().to_string(), mtu.to_string()];
-                for &h in &self.helpers {
+                for h in self.processes() {
                     let c = self.cell(h, mode, mtu);
                     row.push(
                         c.cpu
@@ -254,9 +318,8 @@ impl Summary {
             .map(String::from)
             .to_vec();
         let rows = self
-            .helpers
-            .iter()
-            .map(|&h| {
+            .processes()
+            .map(|h| {
                 let s = model::startup(&self.runs, h);
                 let version = self.doc["helpers"]
                     .as_array()
@@ -302,7 +365,7 @@ impl Summary {
         }
         groups
             .into_iter()
-            .map(|(h, key, cells)| format!("{} {key} — in {}", h.name(), cells.join(", ")))
+            .map(|(h, key, cells)| format!("{} {key} — in {}", h.label(), cells.join(", ")))
             .collect()
     }
 
@@ -313,6 +376,9 @@ impl Summary {
             "\nmedian [min–max] over repetitions; ratios of medians (higher = slirpnet faster)\n",
         );
         out.push_str(&aligned(&h, &r));
+        if let Some(l) = self.loopback_text() {
+            let _ = writeln!(out, "{l}");
+        }
         let (h, r) = self.resource_rows();
         out.push_str(
             "\nhelper CPU (user+sys cores per second of wall time) and peak RSS (VmHWM), medians\n",
@@ -339,6 +405,7 @@ impl Summary {
         s.push_str("# Benchmarks\n\n");
         s.push_str(
             "slirpnet against slirp4netns and pasta on the same machine in the same run, \
+             with the kernel itself (a veth pair, no user-mode helper) as the ceiling, \
              generated by the benchmark suite (`benches/net.rs`); do not edit by hand.\n\n",
         );
         let _ = writeln!(s, "- date: {}", d["date"].as_str().unwrap_or("?"));
@@ -363,10 +430,29 @@ impl Summary {
             o["duration_s"], o["reps"]
         );
         s.push_str("\n![throughput and latency per mode and MTU](benchmarks.svg)\n\n");
-        s.push_str("## Results\n\nMedian [min–max] over repetitions. Ratios are of medians: above 1× slirpnet is faster.\n\n");
+        s.push_str("## Results\n\nMedian [min–max] over repetitions. Ratios are of medians: above 1× slirpnet is faster.");
+        if self.has_kernel() {
+            s.push_str(
+                " `kernel (veth)` is no user-mode helper at all: the run's namespace is linked \
+                 to the suite's namespace (the \"host\") by a veth pair, and the same clients \
+                 and servers talk across it, so the kernel does all the work; it is the ceiling \
+                 a user-mode helper on this machine is measured against. `slirpnet/kernel` is \
+                 slirpnet's share of it (100 % = as fast as the kernel's own path).",
+            );
+        }
+        s.push_str("\n\n");
         let (h, r) = self.main_rows();
         s.push_str(&markdown_table(&h, &r));
-        s.push_str("\n## Helper CPU and memory\n\nCPU: the helper's user+sys time per second of wall time during the measurement (1.00 = one core busy). Peak RSS: VmHWM at the end of the run.\n\n");
+        if let Some(l) = self.loopback_text() {
+            let mut l = l;
+            l[..1].make_ascii_uppercase();
+            let _ = writeln!(
+                s,
+                "\n{l}; {} s per run, one run per repetition.",
+                o["duration_s"]
+            );
+        }
+        s.push_str("\n## Helper CPU and memory\n\nCPU: the helper's user+sys time per second of wall time during the measurement (1.00 = one core busy). Peak RSS: VmHWM at the end of the run. (The kernel baseline has no process: its work is done in the clients', servers' and softirq context and is not counted here.)\n\n");
         let (h, r) = self.resource_rows();
         s.push_str(&markdown_table(&h, &r));
         s.push_str("\n## Start-up\n\nFrom spawning the helper to readiness (slirp4netns, slirpnet: the byte on the ready fd; pasta: its parent's exit once it daemonizes, as Podman waits for it; the `ip netns attach` before it is not counted), and RSS 50 ms later. Medians over all runs of the helper.\n\n");
@@ -400,12 +486,23 @@ impl Summary {
              - `tcp-rr`: 1-byte request/response round trips per second on one connection \
              (TCP_NODELAY), client in the namespace, server on host loopback.\n\
              - `tcp-crr`: connect + 1-byte request/response + close per second.\n\n\
+             The kernel baseline (`kernel (veth)`, `--helpers kernel`) runs the same modes with \
+             no user-mode helper: the run's namespace gets a veth pair to the suite's namespace \
+             (198.18.1.1 there, 198.18.1.2 in the namespace; fd98::1 and fd98::2; both ends at \
+             the run's MTU). The servers in the suite's namespace bind its end of the pair (the \
+             namespace cannot reach the suite's loopback over a veth) and the namespace's clients \
+             connect to it; in the forward modes there is no forward: the client connects \
+             straight to the namespace's end, the kernel's own path into a namespace. \
+             With the kernel baseline and a forward mode, each repetition also measures direct \
+             host loopback (client and server both on 127.0.0.1 in the suite's namespace), the \
+             ceiling of a forward from host loopback.\n\n\
              Everything runs inside a network namespace the suite makes itself \
              (`unshare --net --mount --pid`), holding only `lo` and a veth to a dead-end \
              namespace (198.18.0.2 and fd99::2, needed by pasta, which refuses to start without \
-             a routable interface and sets up IPv6 only with an IPv6 default route): no packet \
-             can leave the machine.\n\n\
-             Rerun: `sudo cargo bench --bench net` (about 32 minutes with the defaults; \
+             a routable interface and sets up IPv6 only with an IPv6 default route), and for the \
+             kernel baseline the veth pair to the run's namespace: no packet can leave the \
+             machine.\n\n\
+             Rerun: `sudo cargo bench --bench net` (about 42 minutes with the defaults; \
              `-- --quick` takes under a minute). Regenerate this page from the raw results: \
              `cargo bench --bench net -- --docs-only --json docs/benchmarks.json`.\n",
             fwd = crate::FWD_PORT,
@@ -413,6 +510,22 @@ impl Summary {
             len = model::UDP_LEN,
         );
         s
+    }
+
+    /// "slirpnet vs slirp4netns vs pasta", and the kernel baseline when there.
+    fn title(&self) -> String {
+        let mut t = self
+            .processes()
+            .map(|h| h.label())
+            .collect::<Vec<_>>()
+            .join(" vs ");
+        if self.has_kernel() {
+            if !t.is_empty() {
+                t.push_str(", ");
+            }
+            t.push_str("kernel (veth) as the ceiling");
+        }
+        t
     }
 
     /// Small multiples: one panel per mode, groups per MTU, one bar per helper (median, with a
@@ -432,7 +545,8 @@ impl Summary {
         );
         let _ = writeln!(
             s,
-            r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="15" font-weight="bold">slirpnet vs slirp4netns vs pasta — {}</text>"#,
+            r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="15" font-weight="bold">{} — {}</text>"#,
+            self.title(),
             esc(self.doc["date"].as_str().unwrap_or(""))
         );
         // Legend.
@@ -443,9 +557,9 @@ impl Summary {
                 r#"<rect x="{lx}" y="30" width="12" height="12" fill="{}"/><text x="{}" y="40">{}</text>"#,
                 h.colour(),
                 lx + 16.0,
-                h.name()
+                h.label()
             );
-            lx += 30.0 + 8.0 * h.name().len() as f64;
+            lx += 30.0 + 8.0 * h.label().len() as f64;
         }
         let _ = writeln!(
             s,
@@ -527,7 +641,7 @@ impl Summary {
                                 py + h - bh,
                                 bw - 2.0,
                                 hk.colour(),
-                                hk.name(),
+                                hk.label(),
                                 spread_text(&v),
                                 mode.unit()
                             );
