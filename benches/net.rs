@@ -13,6 +13,8 @@
 //! targets any address but loopback and the suite's own namespaces. When the
 //! suite ends (or is killed), the kernel kills everything it started.
 
+#[path = "net/checks.rs"]
+mod checks;
 #[path = "net/cli.rs"]
 mod cli;
 #[path = "net/env.rs"]
@@ -61,8 +63,13 @@ fn main() -> ExitCode {
     }
     let inner = std::env::var_os(INNER_ENV).is_some();
     if !opts.docs_only && !inner && !opts.via_cargo_bench {
-        // Built and started by `cargo test --all-targets`: compiling was the test.
-        eprintln!("net bench: not started by `cargo bench`, nothing measured (see --help)");
+        // Built and started by `cargo test` (`--all-targets`, `--bench net`): compiling and
+        // the self-checks of the bookkeeping are the test.
+        checks::run();
+        eprintln!(
+            "net bench: not started by `cargo bench`: self-checks passed, nothing measured \
+             (see --help)"
+        );
         return ExitCode::SUCCESS;
     }
     let result = if opts.docs_only {

@@ -1,0 +1,139 @@
+//! Self-checks of the suite's bookkeeping (no namespaces, no root): run when the bench binary is
+//! started by `cargo test` rather than `cargo bench` (harness = false: no #[test] runner).
+
+use serde_json::json;
+
+use crate::cli;
+use crate::model::{HelperKind, Mode, Run, Spread, Status};
+use crate::report::{self, Summary};
+
+/// Runs every check; panics (with the check's message) on the first that fails.
+pub fn run() {
+    helper_names();
+    kernel_run_round_trip();
+    share_of_kernel();
+    summary_with_kernel();
+    summary_without_kernel();
+}
+
+fn helper_names() {
+    let opts = cli::parse(&["--helpers".into(), "kernel,slirpnet".into()]).unwrap();
+    assert_eq!(opts.helpers, [HelperKind::Kernel, HelperKind::Slirpnet]);
+    let default = cli::parse(&[]).unwrap();
+    assert!(default.helpers.contains(&HelperKind::Kernel));
+    assert_eq!(HelperKind::Kernel.label(), "kernel (veth)");
+    assert!(!HelperKind::Kernel.has_process());
+    assert!(HelperKind::ALL[..3].iter().all(|h| h.has_process()));
+}
+
+fn ok_run(helper: HelperKind, mode: Mode, mtu: u32, value: f64) -> Run {
+    let mut r = Run::new(helper, mode, mtu, 0);
+    r.status = Status::Ok;
+    r.value = Some(value);
+    if helper.has_process() {
+        r.cpu = Some(0.5);
+        r.peak_rss_kib = Some(4096);
+        r.idle_rss_kib = Some(3000);
+        r.ready_ms = Some(5.0);
+    }
+    r
+}
+
+/// A kernel run (no process: no CPU, RSS, start-up) survives JSON as it was.
+fn kernel_run_round_trip() {
+    let r = ok_run(HelperKind::Kernel, Mode::TcpFwdIn, 65520, 12.5);
+    let back = Run::from_json(&r.to_json()).expect("kernel run read back");
+    assert_eq!(back.helper, HelperKind::Kernel);
+    assert_eq!(back.mode, Mode::TcpFwdIn);
+    assert_eq!(back.value, Some(12.5));
+    assert_eq!(back.status, Status::Ok);
+    assert!(back.cpu.is_none() && back.peak_rss_kib.is_none() && back.ready_ms.is_none());
+}
+
+fn share_of_kernel() {
+    let s = |v: f64| Spread::of([v]);
+    assert_eq!(report::ratio_of(s(6.0), s(12.0)), Some(0.5));
+    assert_eq!(report::ratio_of(s(6.0), None), None);
+    assert_eq!(report::ratio_of(None, s(12.0)), None);
+    assert_eq!(report::ratio_of(s(6.0), s(0.0)), None);
+}
+
+fn doc(helpers: &[HelperKind], runs: &[Run], loopback: Option<serde_json::Value>) -> Summary {
+    let doc = json!({
+        "date": "2000-01-01 00:00 UTC",
+        "machine": {},
+        "options": { "modes": ["tcp-ns-host", "tcp-fwd-in"], "mtus": [1500], "duration_s": 1.0 },
+        "helpers": helpers.iter().map(|h| json!({ "name": h.name(), "path": null, "version": "v" }))
+            .collect::<Vec<_>>(),
+        "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
+        "loopback": loopback,
+    });
+    // Through text, as --docs-only reads it.
+    let text = serde_json::to_string(&doc).unwrap();
+    Summary::from_json(&serde_json::from_str(&text).unwrap()).unwrap()
+}
+
+/// The kernel gets a value column and a share, no CPU/RSS/start-up columns; the loopback figure
+/// is reported; markdown and SVG render.
+fn summary_with_kernel() {
+    let runs = [
+        ok_run(HelperKind::Slirpnet, Mode::TcpNsHost, 1500, 6.0),
+        ok_run(HelperKind::Kernel, Mode::TcpNsHost, 1500, 8.0),
+        ok_run(HelperKind::Slirpnet, Mode::TcpFwdIn, 1500, 9.0),
+        Run::new(HelperKind::Kernel, Mode::TcpFwdIn, 1500, 0), // failed
+    ];
+    let loopback = json!([{ "value": 16.0, "error": null }, { "value": null, "error": "x" }]);
+    let sum = doc(
+        &[HelperKind::Slirpnet, HelperKind::Kernel],
+        &runs,
+        Some(loopback),
+    );
+    let text = sum.text_table();
+    let main = text.lines().find(|l| l.starts_with("mode  ")).unwrap();
+    assert!(
+        main.contains("kernel (veth)") && main.ends_with("slirpnet/kernel"),
+        "{main}"
+    );
+    let row = text.lines().find(|l| l.starts_with("tcp-ns-host")).unwrap();
+    assert!(row.trim_end().ends_with("75 %"), "{row}");
+    let fwd = text.lines().find(|l| l.starts_with("tcp-fwd-in")).unwrap();
+    assert!(
+        fwd.contains("failed") && fwd.trim_end().ends_with('—'),
+        "{fwd}"
+    );
+    assert!(
+        !text.contains("kernel CPU") && !text.contains("kernel peak RSS"),
+        "{text}"
+    );
+    assert!(!text.lines().any(|l| l.starts_with("kernel ")), "{text}");
+    assert!(
+        text.contains("no namespace crossed") && text.contains("16.0 Gbit/s (1 run(s) failed)"),
+        "{text}"
+    );
+    let md = sum.markdown();
+    assert!(
+        md.contains("| slirpnet/kernel |") && md.contains("| 75 % |"),
+        "{md}"
+    );
+    assert!(md.contains("Direct host loopback"), "{md}");
+    assert!(sum.svg().contains("kernel (veth)"));
+}
+
+/// Results without the kernel (older JSON) read as before: no share column, no loopback line.
+fn summary_without_kernel() {
+    let runs = [
+        ok_run(HelperKind::Slirpnet, Mode::TcpNsHost, 1500, 6.0),
+        ok_run(HelperKind::Slirp4netns, Mode::TcpNsHost, 1500, 3.0),
+    ];
+    let sum = doc(
+        &[HelperKind::Slirpnet, HelperKind::Slirp4netns],
+        &runs,
+        None,
+    );
+    let text = sum.text_table();
+    assert!(
+        !text.contains("slirpnet/kernel") && !text.contains("loopback"),
+        "{text}"
+    );
+    assert!(text.contains("2.00×"), "{text}");
+}
