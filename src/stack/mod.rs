@@ -946,6 +946,9 @@ impl<H: Host> Stack<H> {
                 }
             }
         } else {
+            if readable {
+                flow.on_readable();
+            }
             if writable {
                 verdict = flow.on_writable(&mut self.host);
             }

@@ -120,6 +120,10 @@ pub struct TcpFlow<S> {
     snd_wnd: u32,
     snd_shift: u8,
     host_eof: bool,
+    /// The last peek found the host socket empty: nothing to send until it reports
+    /// readable (edge-triggered, so any new byte or EOF does). Saves a peek that would fail
+    /// on every ACK from the guest.
+    host_drained: bool,
     fin_sent: bool,
     fin_acked: bool,
     dup_acks: u8,
@@ -188,6 +192,7 @@ impl<S> TcpFlow<S> {
             snd_wnd: u32::from(syn.window),
             snd_shift: syn.window_scale.unwrap_or(0).min(14),
             host_eof: false,
+            host_drained: false,
             fin_sent: false,
             fin_acked: false,
             dup_acks: 0,
@@ -439,6 +444,7 @@ impl<S> TcpFlow<S> {
     /// Go back to the first unacknowledged byte (RFC 6298 5.4, go-back-N).
     fn rewind<H: super::host::Host<Socket = S>>(&mut self, host: &mut H) -> Result<(), Verdict> {
         host.rewind_peek(&self.socket).map_err(|_| Verdict::Reset)?;
+        self.host_drained = false;
         self.snd_nxt = self.snd_una;
         if !self.fin_acked {
             self.fin_sent = false;
@@ -644,6 +650,9 @@ impl<S> TcpFlow<S> {
         if self.state != TcpState::Established {
             return Verdict::Keep;
         }
+        if self.host_drained {
+            return self.poll_close();
+        }
         let offset = tcp_payload_offset(self.key.guest.ip());
         while !self.fin_sent {
             let in_flight = self.snd_nxt.wrapping_sub(self.snd_una);
@@ -684,6 +693,7 @@ impl<S> TcpFlow<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     tx.recycle(frame);
+                    self.host_drained = true;
                     break;
                 }
                 Err(_) => {
@@ -693,6 +703,11 @@ impl<S> TcpFlow<S> {
             }
         }
         self.poll_close()
+    }
+
+    /// The host socket reported new data or EOF.
+    pub fn on_readable(&mut self) {
+        self.host_drained = false;
     }
 
     /// The flow's timer fired: retransmit the SYN-ACK or unacknowledged data, or probe a
