@@ -777,6 +777,47 @@ result mbps "$("$PY" -c 'import json,sys; print(int(json.load(open(sys.argv[1]))
     });
 }
 
+/// Small socket buffers on both iperf3 ends (`-w 16K`, which the server takes too), both
+/// directions at MTU 1500: the transfer goes at the buffers' pace, with bytes in every
+/// half-second interval of iperf3's report (no stall, no collapse).
+#[test]
+fn iperf3_small_socket_buffers_never_stall() {
+    let Some(out) = run(
+        "iperf3_small_socket_buffers_never_stall",
+        r#"
+setup_outer
+command -v iperf3 > /dev/null || die "iperf3 missing"
+iperf3 -s -B 127.0.0.1 -p 5201 > "$T/iperf-server.log" 2>&1 &
+wait_listen 5201
+start_guest root
+start_helper -c "$GUEST" tap0
+intervals() {
+    "$PY" -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(" ".join(str(i["sum"]["bytes"]) for i in d["intervals"]))' "$1" 2>&1 | tail -1
+}
+for dir in up down; do
+    flag=""; [ "$dir" = down ] && flag="-R"
+    in_guest timeout 30 iperf3 -c 10.0.2.2 -p 5201 -t 4 -i 0.5 -w 16K $flag -J > "$T/$dir.json" 2> "$T/$dir.err" || true
+    result "$dir" "$(intervals "$T/$dir.json")"
+done
+"#,
+    ) else {
+        return;
+    };
+    for dir in ["up", "down"] {
+        eprintln!("iperf3 -w 16K {dir}, bytes per 0.5 s: {}", out.get(dir));
+        out.expect(dir, "8 half-second intervals, each with bytes", |v| {
+            let bytes: Vec<u64> = v
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            bytes.len() == 8 && bytes.iter().all(|&b| b > 0)
+        });
+    }
+}
+
 /// Run mode (slirpnet only): `slirpnet -- CMD` runs CMD in a fresh namespace with the network
 /// configured, and exits with CMD's status.
 #[test]
