@@ -357,7 +357,9 @@ fn dispatch_host_event(stack: &mut Stack<SystemHost>, now: Instant, event: &Epol
         EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR,
     );
     let writable = flags.intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR);
-    stack.handle_host_event(now, Token(event.data()), readable, writable);
+    let peer_closed =
+        flags.intersects(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
+    stack.handle_host_event(now, Token(event.data()), readable, writable, peer_closed);
 }
 
 /// `struct virtio_net_hdr` (linux/virtio_net.h), in native byte order since the TAP is not

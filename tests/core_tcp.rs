@@ -114,6 +114,46 @@ fn half_close_from_the_guest_then_reply_from_the_host() {
     });
 }
 
+/// The host's last bytes and its FIN are both queued before the stack looks: the guest's
+/// segment makes it peek the bytes (a short peek, the socket then drained), and the host's
+/// event that follows must still bring the EOF behind them. (The other order, the event
+/// first, is `half_close_from_the_guest_then_reply_from_the_host`.)
+#[test]
+fn bytes_and_fin_queued_together_both_reach_the_guest() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let server = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        wait.recv().unwrap();
+        conn.write_all(b"bye").unwrap();
+        conn.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).unwrap();
+    });
+    let mut h = Harness::new(stack_config(1500));
+    let s = h.tcp_socket(4096);
+    h.connect(s, gateway(port), 40003);
+    h.run_until("established", Duration::from_secs(5), |h| {
+        h.tcp(s).state() == State::Established
+    });
+    go.send(()).unwrap();
+    // No steps meanwhile: bytes and FIN both wait in the host socket.
+    thread::sleep(Duration::from_millis(200));
+    let mut got = Vec::new();
+    h.run_until("bytes and FIN", Duration::from_secs(5), |h| {
+        let sock = h.tcp(s);
+        recv_all(sock, &mut got);
+        sock.state() == State::CloseWait
+    });
+    assert_eq!(got, b"bye");
+    h.tcp(s).close();
+    h.run_until("flow cleanup", Duration::from_secs(5), |h| {
+        h.stack.tcp_flow_count() == 0
+    });
+    server.join().unwrap();
+}
+
 #[test]
 fn host_reset_reaches_the_guest() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

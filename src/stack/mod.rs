@@ -906,7 +906,14 @@ impl<H: Host> Stack<H> {
         }
     }
 
-    fn handle_tcp_event(&mut self, now: Instant, index: usize, readable: bool, writable: bool) {
+    fn handle_tcp_event(
+        &mut self,
+        now: Instant,
+        index: usize,
+        readable: bool,
+        writable: bool,
+        peer_closed: bool,
+    ) {
         let Some(flow) = self.tcp.entries.get(index).and_then(Option::as_ref) else {
             return;
         };
@@ -947,7 +954,7 @@ impl<H: Host> Stack<H> {
             }
         } else {
             if readable {
-                flow.on_readable();
+                flow.on_readable(peer_closed);
             }
             if writable {
                 verdict = flow.on_writable(&mut self.host);
@@ -1817,17 +1824,20 @@ impl<H: Host> Stack<H> {
 
     // ---- Host readiness and timers ----
 
-    /// A host socket the stack registered is ready.
+    /// A host socket the stack registered is ready. `peer_closed`: the event also said the
+    /// peer closed or the socket failed (`EPOLLRDHUP`, `EPOLLHUP`, `EPOLLERR`); a host that
+    /// cannot tell passes `true`.
     pub fn handle_host_event(
         &mut self,
         now: Instant,
         token: Token,
         readable: bool,
         writable: bool,
+        peer_closed: bool,
     ) {
         let index = (token.0 & INDEX_MASK) as usize;
         match token.0 & !INDEX_MASK {
-            KIND_TCP => self.handle_tcp_event(now, index, readable, writable),
+            KIND_TCP => self.handle_tcp_event(now, index, readable, writable, peer_closed),
             KIND_UDP => self.handle_udp_event(now, index),
             KIND_PING => self.handle_ping_event(now, index),
             KIND_FORWARD => self.handle_forward_event(now, index),

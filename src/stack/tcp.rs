@@ -124,6 +124,10 @@ pub struct TcpFlow<S> {
     /// readable (edge-triggered, so any new byte or EOF does). Saves a peek that would fail
     /// on every ACK from the guest.
     host_drained: bool,
+    /// An event said the host peer may have closed: a short peek no longer shows the socket
+    /// drained, since the EOF behind the bytes can only be seen by peeking again (no new
+    /// event will come for it).
+    host_may_have_eof: bool,
     fin_sent: bool,
     fin_acked: bool,
     dup_acks: u8,
@@ -193,6 +197,7 @@ impl<S> TcpFlow<S> {
             snd_shift: syn.window_scale.unwrap_or(0).min(14),
             host_eof: false,
             host_drained: false,
+            host_may_have_eof: false,
             fin_sent: false,
             fin_acked: false,
             dup_acks: 0,
@@ -690,6 +695,12 @@ impl<S> TcpFlow<S> {
                     self.snd_nxt = self.snd_nxt.wrapping_add(n as u32);
                     self.ack_due = false;
                     self.timer.get_or_insert(now + self.rto);
+                    if n < len && !self.host_may_have_eof {
+                        // Less than asked: the socket held no more (anything arriving after
+                        // the peek raises a new edge), so another peek would only fail.
+                        self.host_drained = true;
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     tx.recycle(frame);
@@ -705,9 +716,10 @@ impl<S> TcpFlow<S> {
         self.poll_close()
     }
 
-    /// The host socket reported new data or EOF.
-    pub fn on_readable(&mut self) {
+    /// The host socket reported new data or EOF (`peer_closed`: or may have).
+    pub fn on_readable(&mut self, peer_closed: bool) {
         self.host_drained = false;
+        self.host_may_have_eof |= peer_closed;
     }
 
     /// The flow's timer fired: retransmit the SYN-ACK or unacknowledged data, or probe a

@@ -264,7 +264,8 @@ impl TestHost for SimHost {
         // Only what is ready now: handling it may make more ready, for the next step.
         let ready = std::mem::take(&mut stack.host.ready);
         for (token, readable, writable) in ready {
-            stack.handle_host_event(now, token, readable, writable);
+            // The simulation does not say when the peer closed: the stack must assume it may.
+            stack.handle_host_event(now, token, readable, writable, true);
         }
     }
 
