@@ -343,10 +343,7 @@ fn serve_once(bind: &str, download: Vec<u8>) -> (u16, thread::JoinHandle<Vec<u8>
 /// Connects the guest to `to`, uploads `upload` while receiving `expected`, and closes.
 fn guest_transfer(h: &mut Harness, to: SocketAddr, upload: &[u8], expected: &[u8]) {
     let s = h.tcp_socket(256 << 10);
-    h.connect(s, to, 40000);
-    h.run_until("established", Duration::from_secs(5), |h| {
-        h.tcp(s).state() == State::Established
-    });
+    h.connect_established(s, to, 40000);
     let received = h.exchange(s, upload, expected.len(), Duration::from_secs(30));
     assert_eq!(received, expected, "download corrupted");
 }

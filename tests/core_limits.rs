@@ -204,10 +204,7 @@ fn a_small_flow_buffer_bounds_the_window_and_still_carries_an_upload() {
     let mut h = Harness::new(config);
     h.to_guest_log = Some(Vec::new());
     let s = h.tcp_socket(256 << 10);
-    h.connect(s, gateway(port), 44000);
-    h.run_until("established", Duration::from_secs(5), |h| {
-        h.tcp(s).state() == State::Established
-    });
+    h.connect_established(s, gateway(port), 44000);
     let upload = pattern(4 << 20, 42);
     let mut sent = 0;
     let started = Instant::now();

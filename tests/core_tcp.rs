@@ -46,10 +46,7 @@ fn transfer_both_ways(impairment: Impairment) {
     let mut h = Harness::new(stack_config(1500));
     h.impairment = impairment;
     let s = h.tcp_socket(256 << 10);
-    h.connect(s, gateway(port), 40000);
-    h.run_until("established", Duration::from_secs(5), |h| {
-        h.tcp(s).state() == State::Established
-    });
+    h.connect_established(s, gateway(port), 40000);
 
     let received = h.exchange(s, &upload, download.len(), Duration::from_secs(60));
     assert_eq!(received, download, "download corrupted");
@@ -95,10 +92,7 @@ fn half_close_from_the_guest_then_reply_from_the_host() {
     });
     let mut h = Harness::new(stack_config(1500));
     let s = h.tcp_socket(4096);
-    h.connect(s, gateway(port), 40002);
-    h.run_until("established", Duration::from_secs(5), |h| {
-        h.tcp(s).state() == State::Established
-    });
+    h.connect_established(s, gateway(port), 40002);
     h.tcp(s).send_slice(b"hello").unwrap();
     h.tcp(s).close();
     let mut reply = Vec::new();
@@ -133,10 +127,7 @@ fn bytes_and_fin_queued_together_both_reach_the_guest() {
     });
     let mut h = Harness::new(stack_config(1500));
     let s = h.tcp_socket(4096);
-    h.connect(s, gateway(port), 40003);
-    h.run_until("established", Duration::from_secs(5), |h| {
-        h.tcp(s).state() == State::Established
-    });
+    h.connect_established(s, gateway(port), 40004);
     go.send(()).unwrap();
     // No steps meanwhile: bytes and FIN both wait in the host socket.
     thread::sleep(Duration::from_millis(200));
@@ -169,10 +160,7 @@ fn host_reset_reaches_the_guest() {
     });
     let mut h = Harness::new(stack_config(1500));
     let s = h.tcp_socket(4096);
-    h.connect(s, gateway(port), 40003);
-    h.run_until("established", Duration::from_secs(5), |h| {
-        h.tcp(s).state() == State::Established
-    });
+    h.connect_established(s, gateway(port), 40003);
     go.send(()).unwrap();
     server.join().unwrap();
     h.run_until("reset", Duration::from_secs(5), |h| {
@@ -193,10 +181,7 @@ fn guest_reset_resets_the_host_connection() {
     });
     let mut h = Harness::new(stack_config(1500));
     let s = h.tcp_socket(4096);
-    h.connect(s, gateway(port), 40004);
-    h.run_until("established", Duration::from_secs(5), |h| {
-        h.tcp(s).state() == State::Established
-    });
+    h.connect_established(s, gateway(port), 40004);
     h.tcp(s).abort();
     h.run_until("host sees reset", Duration::from_secs(5), |_| {
         server.is_finished()
@@ -307,10 +292,7 @@ fn timed_transfer(one_way: Duration, bytes: usize, upload: bool) -> f64 {
     let mut h = Harness::new(stack_config(1500));
     h.impairment.one_way_delay = one_way;
     let s = h.tcp_socket(16 << 20);
-    h.connect(s, gateway(port), 40100);
-    h.run_until("established", Duration::from_secs(5), |h| {
-        h.tcp(s).state() == State::Established
-    });
+    h.connect_established(s, gateway(port), 40100);
     let started = std::time::Instant::now();
     let chunk = vec![7u8; 1 << 20];
     let mut moved = 0;

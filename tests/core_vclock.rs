@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::SocketHandle;
-use smoltcp::socket::tcp::State;
 use support::guest::{Clock, Harness, Impairment, pattern, recv_all, stack_config, tcp_to_guest};
 use support::sim_host::SimHost;
 
@@ -43,10 +42,7 @@ fn connected(
         ..impairment
     };
     let s = h.tcp_socket(buffer);
-    h.connect(s, gateway(8080), 40000);
-    h.run_until("established", Duration::from_secs(5), |h| {
-        h.tcp(s).state() == State::Established
-    });
+    h.connect_established(s, gateway(8080), 40000);
     assert_eq!(h.stack.host.connections.len(), 1);
     (h, s)
 }

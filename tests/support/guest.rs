@@ -425,6 +425,19 @@ impl<H: TestHost> Harness<H> {
             )
             .unwrap();
     }
+
+    /// Connects and steps until the connection is established (5 s at most).
+    pub fn connect_established(
+        &mut self,
+        handle: SocketHandle,
+        remote: SocketAddr,
+        local_port: u16,
+    ) {
+        self.connect(handle, remote, local_port);
+        self.run_until("established", Duration::from_secs(5), |h| {
+            h.tcp(handle).state() == tcp::State::Established
+        });
+    }
 }
 
 /// Appends everything `socket` has received to `into`.
