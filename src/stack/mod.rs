@@ -534,20 +534,32 @@ impl<H: Host> Stack<H> {
             id: u32::from(packet.ident()),
         };
         let offset = usize::from(packet.frag_offset());
-        match self
-            .reassembly
-            .add(now, key, offset, packet.payload(), packet.more_frags())
-        {
-            Ok(Some(datagram)) => {
-                let ip = Ipv4Repr {
-                    payload_len: datagram.len(),
-                    ..ip
-                };
-                self.handle_ipv4_datagram(now, src_mac, &ip, &datagram);
-            }
-            Ok(None) => {}
-            Err(_) => self.counters.dropped_fragments += 1,
+        let more = packet.more_frags();
+        if let Some(datagram) = self.reassemble(now, key, offset, packet.payload(), more) {
+            let ip = Ipv4Repr {
+                payload_len: datagram.len(),
+                ..ip
+            };
+            self.handle_ipv4_datagram(now, src_mac, &ip, &datagram);
         }
+    }
+
+    /// Adds a fragment of either family; the whole datagram once its last piece is in.
+    /// Rejected fragments are counted.
+    fn reassemble(
+        &mut self,
+        now: Instant,
+        key: reassembly::FragmentKey,
+        offset: usize,
+        payload: &[u8],
+        more: bool,
+    ) -> Option<Vec<u8>> {
+        self.reassembly
+            .add(now, key, offset, payload, more)
+            .unwrap_or_else(|_| {
+                self.counters.dropped_fragments += 1;
+                None
+            })
     }
 
     fn handle_ipv4_datagram(
@@ -658,16 +670,12 @@ impl<H: Host> Stack<H> {
             protocol,
             id,
         };
-        match self.reassembly.add(now, key, offset, payload, more) {
-            Ok(Some(datagram)) => {
-                let whole = Ipv6Repr {
-                    payload_len: datagram.len(),
-                    ..whole
-                };
-                self.handle_ipv6_datagram(now, src_mac, &whole, &datagram);
-            }
-            Ok(None) => {}
-            Err(_) => self.counters.dropped_fragments += 1,
+        if let Some(datagram) = self.reassemble(now, key, offset, payload, more) {
+            let whole = Ipv6Repr {
+                payload_len: datagram.len(),
+                ..whole
+            };
+            self.handle_ipv6_datagram(now, src_mac, &whole, &datagram);
         }
     }
 

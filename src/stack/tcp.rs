@@ -295,6 +295,11 @@ impl<S> TcpFlow<S> {
         }
     }
 
+    /// What `pending` can still take.
+    fn room(&self) -> usize {
+        self.buffer.saturating_sub(self.pending.len())
+    }
+
     /// The host took `n` more bytes (or the FIN); `ack_point` never falls behind.
     fn advance_acked(&mut self, n: u32) {
         self.rcv_acked = self.rcv_acked.wrapping_add(n);
@@ -500,9 +505,7 @@ impl<S> TcpFlow<S> {
     fn queue_out_of_order(&mut self, expected: u32, seq: u32, payload: &[u8]) {
         let ahead = seq.wrapping_sub(expected) as usize;
         let queued: usize = self.out_of_order.iter().map(|(_, d)| d.len()).sum();
-        if ahead + payload.len() > self.buffer.saturating_sub(self.pending.len())
-            || queued + payload.len() > self.buffer
-        {
+        if ahead + payload.len() > self.room() || queued + payload.len() > self.buffer {
             return;
         }
         let end = seq.wrapping_add(payload.len() as u32);
@@ -562,13 +565,12 @@ impl<S> TcpFlow<S> {
         host: &mut H,
         data: &[u8],
     ) -> Result<(), Verdict> {
-        let room = self.buffer.saturating_sub(self.pending.len());
+        let room = self.room();
         // Past the window we advertised: not acknowledged, the guest sends it again.
         self.pending
             .extend_from_slice(&data[..data.len().min(room)]);
         // Within a segment of the bound: the guest cannot send another full one.
-        let left = self.buffer.saturating_sub(self.pending.len());
-        if room >= self.mss && left < self.mss {
+        if room >= self.mss && self.room() < self.mss {
             self.buffer_filled = true;
         }
         self.flush_due = true;
@@ -607,7 +609,7 @@ impl<S> TcpFlow<S> {
         if let Err(verdict) = self.send_pending(host) {
             return verdict;
         }
-        if self.buffer.saturating_sub(self.pending.len()) < self.mss {
+        if self.room() < self.mss {
             // Full, and the host socket took what it could: we answer for these bytes now
             // (they are safe in `pending`), and the window closes.
             self.ack_point = self.rcv_acked.wrapping_add(self.pending.len() as u32);
