@@ -759,9 +759,7 @@ fn iperf3_smoke() {
         "iperf3_smoke",
         r#"
 setup_outer
-command -v iperf3 > /dev/null || die "iperf3 missing"
-iperf3 -s -B 127.0.0.1 -p 5201 -1 > "$T/iperf-server.log" 2>&1 &
-wait_listen 5201
+start_iperf3_server -1
 start_guest root
 start_helper -c --mtu=65520 "$GUEST" tap0
 in_guest timeout 20 iperf3 -c 10.0.2.2 -p 5201 -t 1 -J > "$T/iperf.json" 2> "$T/iperf.err" || true
@@ -786,9 +784,7 @@ fn iperf3_small_socket_buffers_never_stall() {
         "iperf3_small_socket_buffers_never_stall",
         r#"
 setup_outer
-command -v iperf3 > /dev/null || die "iperf3 missing"
-iperf3 -s -B 127.0.0.1 -p 5201 > "$T/iperf-server.log" 2>&1 &
-wait_listen 5201
+start_iperf3_server
 start_guest root
 start_helper -c "$GUEST" tap0
 intervals() {

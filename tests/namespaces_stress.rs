@@ -48,13 +48,13 @@ PY
 start_guest root
 API=$T/api.sock
 start_helper -c -a "$API" "$GUEST" tap0
-rss_before=$(awk '/VmRSS/ {{print $2}}' /proc/$HPID/status)
+rss_before=$(helper_rss_kib)
 result flood "$(in_guest timeout 60 $PY "$T/flood.py" 2000 2>&1 | tail -n1)"
 result udp_flows "$(api "$STATS_REQ" --get return.counters.udp_flows 2>&1)"
 result connecting "$(api "$STATS_REQ" --get return.counters.tcp_connecting 2>&1)"
 sleep 1
 result alive "$(helper_alive "$HPID")"
-result rss_growth_kib "$(( $(awk '/VmRSS/ {{print $2}}' /proc/$HPID/status) - rss_before ))"
+result rss_growth_kib "$(( $(helper_rss_kib) - rss_before ))"
 # New connections are refused while the flood's connects hold the pending-connect bound;
 # they fail within seconds (nobody answers ARP for 198.18.0.77), then service resumes.
 for i in $(seq 40); do
@@ -426,13 +426,13 @@ API=$T/api.sock
 start_helper -c -6 -a "$API" "$GUEST" tap0
 # Room for the whole burst in the TAP's queue: every frame must reach the helper.
 in_guest ip link set tap0 txqueuelen 20000
-rss_before=$(awk '/VmRSS/ {{print $2}}' /proc/$HPID/status)
+rss_before=$(helper_rss_kib)
 result sent "$(in_guest timeout 120 $PY "$T/frames.py" 10000 20261129 2>&1 | tail -n1)"
 sleep 0.5
 result alive "$(helper_alive "$HPID")"
 result malformed "$(api "$STATS_REQ" --get return.counters.dropped_malformed 2>&1)"
 result frames_in "$(api "$STATS_REQ" --get return.counters.frames_in 2>&1)"
-result rss_growth_kib "$(( $(awk '/VmRSS/ {{print $2}}' /proc/$HPID/status) - rss_before ))"
+result rss_growth_kib "$(( $(helper_rss_kib) - rss_before ))"
 result down "$(gpy tcp-get 10.0.2.2 8080 2>&1)"
 result stderr_lines "$(wc -l < "$HERR")"
 "#

@@ -283,6 +283,17 @@ helper_alive() {
     esac
 }
 
+# helper_rss_kib: the helper's resident memory now, in KiB
+helper_rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$HPID/status"; }
+
+# start_iperf3_server [ARGS...]: an iperf3 server on host 127.0.0.1:5201 (ARGS: e.g. -1 for
+# one test only); waits until it listens.
+start_iperf3_server() {
+    command -v iperf3 > /dev/null || die "iperf3 missing"
+    iperf3 -s -B 127.0.0.1 -p 5201 "$@" > "$T/iperf-server.log" 2>&1 &
+    wait_listen 5201
+}
+
 # count of processes running the helper binary
 helper_count() {
     local n=0 p exe
