@@ -94,6 +94,7 @@ const LONG_OPTIONS: &[(&str, Option<char>)] = &[
     ("outbound-addr", None),
     ("outbound-addr6", None),
     ("disable-dns", None),
+    ("enable-forward-splice", None),
     ("macaddress", None),
     ("target-type", None),
     ("enable-sandbox", None),
@@ -152,6 +153,9 @@ struct RawArgs {
     outbound_addr6: Option<String>,
     #[arg(long)]
     disable_dns: bool,
+    /// New in slirpnet (src/splice.rs).
+    #[arg(long)]
+    enable_forward_splice: bool,
     #[arg(long, allow_hyphen_values = true)]
     macaddress: Option<String>,
     #[arg(long, allow_hyphen_values = true)]
@@ -355,6 +359,7 @@ fn build_config(raw: RawArgs, warnings: &mut Vec<String>) -> Result<Config, CliE
         outbound_addr,
         outbound_addr6,
         disable_dns: raw.disable_dns,
+        enable_forward_splice: raw.enable_forward_splice,
         mac,
         api_socket,
         enable_ipv6: raw.enable_ipv6,
@@ -700,6 +705,9 @@ COMMAND's status.
 --outbound-addr=ADDR     bind outgoing connections to this IPv4 address or interface's address
 --outbound-addr6=ADDR    bind outgoing connections to this IPv6 address or interface's address
 --disable-dns            disables 10.0.2.3 (or configured internal ip) to host dns redirect
+--enable-forward-splice  splice forwarded TCP connections from host loopback to a socket
+                         inside the namespace, skipping the TAP: less CPU, but the guest sees
+                         them from its own address instead of from the gateway
 --macaddress=MAC         specify the MAC address of the TAP (only valid with -c)
 --target-type=TYPE       specify the target type ([netns], default=netns)
 --enable-seccomp         enable seccomp to limit syscalls (an allow-list; see docs/security.md)

@@ -141,6 +141,10 @@ pub struct Config {
     /// `--outbound-addr6`, likewise.
     pub outbound_addr6: Option<Ipv6Addr>,
     pub disable_dns: bool,
+    /// `--enable-forward-splice`: forwarded TCP connections from host loopback are spliced
+    /// to a socket inside the namespace (the guest sees them from its own address) instead of
+    /// crossing the TAP (from the gateway, as with slirp4netns).
+    pub enable_forward_splice: bool,
     /// `--macaddress`, only valid with `-c`.
     pub mac: Option<[u8; 6]>,
     pub api_socket: Option<PathBuf>,

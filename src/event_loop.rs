@@ -16,10 +16,11 @@ use nix::unistd::Pid;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::api_server::ApiServer;
+use crate::splice::Splices;
 use crate::stack::Stack;
 use crate::stack::frame::{Gso, TxFrame};
 use crate::stack::host::{Host, PingKind, Token};
-use crate::sys::sock;
+use crate::sys::{SocketFactory, sock};
 use crate::throttle::Throttle;
 
 const TOKEN_TAP: u64 = 1;
@@ -33,6 +34,8 @@ const KIND_API_CLIENT: u64 = 0x100 << 32;
 /// starves the other.
 const TAP_BATCH: usize = 128;
 const INDEX_MASK: u64 = (1 << 32) - 1;
+/// A spliced forward's socket (src/splice.rs numbers its relays and their two sides).
+const KIND_SPLICE: u64 = 0x200 << 32;
 /// Room for the largest frame: MTU 65521 plus the Ethernet header.
 const FRAME_BUFFER: usize = 65536 + 64;
 
@@ -45,6 +48,10 @@ pub struct SystemHost {
     /// Logs running out of descriptors or memory for host sockets, once per interval: a guest
     /// opening flows meanwhile would otherwise write a line per refused flow.
     exhausted: Throttle,
+    /// Makes sockets inside the guest's namespace, for spliced forwards; `None`: every
+    /// forwarded connection crosses the TAP.
+    factory: Option<SocketFactory>,
+    splices: Splices,
 }
 
 impl SystemHost {
@@ -57,7 +64,20 @@ impl SystemHost {
             outbound6,
             loopback_only: false,
             exhausted: Throttle::default(),
+            factory: None,
+            splices: Splices::new(),
         })
+    }
+
+    /// Forwarded connections from host loopback are spliced into the guest's namespace
+    /// through sockets `factory` makes there.
+    pub fn enable_splice(&mut self, factory: SocketFactory) {
+        self.factory = Some(factory);
+    }
+
+    /// Bytes spliced so far, host → guest and guest → host.
+    pub fn spliced_bytes(&self) -> (u64, u64) {
+        self.splices.bytes()
     }
 
     /// A host that refuses every destination but loopback (`ENETUNREACH`): for tests and
@@ -328,6 +348,63 @@ impl Host for SystemHost {
         self.register(&socket, token, EpollFlags::EPOLLIN)?;
         Ok((socket, kind))
     }
+
+    fn splice_to_guest(
+        &mut self,
+        accepted: Socket,
+        token: Token,
+        guest: SocketAddr,
+    ) -> Result<(), Socket> {
+        let Some(factory) = &self.factory else {
+            return Err(accepted);
+        };
+        let inside = match factory.tcp_socket(guest.is_ipv6()) {
+            Ok(fd) => Socket::from(fd),
+            Err(error) => {
+                tracing::debug!(%error, "no socket in the guest's namespace: through the TAP");
+                return Err(accepted);
+            }
+        };
+        // Binding the guest's address works only where it is the namespace's own: the connect
+        // then stays inside the namespace instead of leaving through the TAP back to us.
+        if inside
+            .bind(&SockAddr::from(SocketAddr::new(guest.ip(), 0)))
+            .is_err()
+        {
+            return Err(accepted);
+        }
+        // Both ends' writers already decided how to segment; do not delay in between.
+        let _ = inside.set_tcp_nodelay(true);
+        match inside.connect(&SockAddr::from(guest)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(_) => return Err(accepted),
+        }
+        // The accept registered it for the TCP flow it would otherwise have become.
+        if self.epoll.delete(&accepted).is_err() {
+            return Err(accepted);
+        }
+        match self
+            .splices
+            .start(&self.epoll, KIND_SPLICE, accepted, inside)
+        {
+            Ok(()) => Ok(()),
+            Err((error, accepted, _inside)) => {
+                tracing::debug!(%error, "splicing a forwarded connection: through the TAP");
+                let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLRDHUP;
+                if self.register(&accepted, token, flags).is_ok() {
+                    return Err(accepted);
+                }
+                // Unwatchable, so no use to the TAP path either: the client sees a reset.
+                self.abort(accepted);
+                Ok(())
+            }
+        }
+    }
+
+    fn spliced_open(&self) -> usize {
+        self.splices.open()
+    }
 }
 
 /// Waits up to `timeout_ms` for host sockets and hands their readiness to the stack; returns
@@ -353,6 +430,12 @@ pub fn dispatch_host_events(stack: &mut Stack<SystemHost>, timeout_ms: u16) -> i
 
 fn dispatch_host_event(stack: &mut Stack<SystemHost>, now: Instant, event: &EpollEvent) {
     let flags = event.events();
+    if event.data() & !INDEX_MASK == KIND_SPLICE {
+        let host = &mut stack.host;
+        host.splices
+            .handle(&host.epoll, event.data() & INDEX_MASK, flags);
+        return;
+    }
     let readable = flags.intersects(
         EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR,
     );

@@ -8,6 +8,7 @@ pub mod config;
 pub mod event_loop;
 pub mod fuzzing;
 pub mod run;
+pub mod splice;
 pub mod stack;
 pub mod sys;
 pub mod throttle;

@@ -38,6 +38,7 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
         prefix_len: config.net.prefix_len,
         gateway: config.net.gateway,
     });
+    let namespaces = (netns.clone(), userns.clone());
     let tap = sys::open_tap(&sys::TapRequest {
         netns,
         userns,
@@ -46,6 +47,11 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
         vnet_hdr: offload_wanted(),
     })?;
     sys::set_nonblocking(tap.as_fd())?;
+    // Forked after the TAP (whose errors are the ones to report) and before any sandbox or
+    // seccomp filter, which forbid forking.
+    let forwards_possible = config.api_socket.is_some() || !config.publish.is_empty();
+    let factory = (forwards_possible && config.enable_forward_splice)
+        .then(|| sys::SocketFactory::spawn(&namespaces.0, namespaces.1.as_deref()));
     // Checksum and TSO offloads let 64 KiB TCP segments cross the TAP whatever the MTU.
     let gso = offload_wanted()
         && match sys::enable_vnet_offloads(tap.as_fd(), VNET_HDR_LEN) {
@@ -61,8 +67,15 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
     } else {
         first_nameserver(Path::new("/etc/resolv.conf")).map(|ip| std::net::SocketAddr::new(ip, 53))
     };
-    let host =
+    let mut host =
         SystemHost::new(config.outbound_addr, config.outbound_addr6).context("creating epoll")?;
+    match factory {
+        Some(Ok(factory)) => host.enable_splice(factory),
+        Some(Err(error)) => {
+            tracing::warn!(%error, "forwards from host loopback will cross the TAP");
+        }
+        None => {}
+    }
     let stack = Stack::new(
         host,
         StackConfig {

@@ -76,4 +76,22 @@ pub trait Host {
 
     /// A socket for ICMP echo to `dst`.
     fn ping_connect(&mut self, dst: IpAddr, token: Token) -> io::Result<(Self::Socket, PingKind)>;
+
+    /// Carries a connection accepted on a port forward to `guest` without the TAP, over a
+    /// socket in the guest's own namespace (src/splice.rs), or gives it back (still
+    /// registered under the token it was accepted with) when that cannot be done. The
+    /// simulated host never can.
+    fn splice_to_guest(
+        &mut self,
+        accepted: Self::Socket,
+        token: Token,
+        guest: SocketAddr,
+    ) -> Result<(), Self::Socket> {
+        let _ = (token, guest);
+        Err(accepted)
+    }
+    /// Spliced connections still open (they count against the forward connection limit).
+    fn spliced_open(&self) -> usize {
+        0
+    }
 }

@@ -345,7 +345,10 @@ impl<H: Host> Stack<H> {
             return Some(Bound::TcpFlows);
         }
         let (held, bound) = if forwarded {
-            (self.forwarded, Bound::ForwardConnections)
+            (
+                self.forwarded + self.host.spliced_open(),
+                Bound::ForwardConnections,
+            )
         } else {
             (self.connecting, Bound::PendingConnects)
         };
@@ -1431,6 +1434,16 @@ impl<H: Host> Stack<H> {
             if let Some(forward) = self.forwards.get_mut(index) {
                 forward.stats.connections_total += 1;
             }
+            // From host loopback the guest would see the gateway's address anyway: no
+            // source to preserve, so the bytes may skip the TAP (if the host can).
+            let socket = if peer.ip().is_loopback() {
+                match self.host.splice_to_guest(socket, token, info.guest) {
+                    Ok(()) => continue,
+                    Err(socket) => socket,
+                }
+            } else {
+                socket
+            };
             let gateway = self.config.net.gateway_for(info.guest.ip());
             let link_mss = self.link_mss(info.guest.ip());
             let mut remote = forward::guest_visible_source(peer, gateway);

@@ -126,7 +126,7 @@ pub(crate) fn decode_error(msg: &[u8]) -> SysError {
     }
 }
 
-fn send(sock: &OwnedFd, bytes: &[u8], fd: Option<RawFd>) -> Result<(), Errno> {
+pub(crate) fn send(sock: &OwnedFd, bytes: &[u8], fd: Option<RawFd>) -> Result<(), Errno> {
     let iov = [IoSlice::new(bytes)];
     let fds: Vec<RawFd> = fd.into_iter().collect();
     let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
@@ -144,7 +144,7 @@ fn send(sock: &OwnedFd, bytes: &[u8], fd: Option<RawFd>) -> Result<(), Errno> {
 }
 
 /// Receives the child's one message. `Ok(None)`: the child closed without sending.
-fn receive(sock: &OwnedFd) -> Result<Option<Result<OwnedFd, SysError>>, Errno> {
+pub(crate) fn receive(sock: &OwnedFd) -> Result<Option<Result<OwnedFd, SysError>>, Errno> {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut cmsg_buf = nix::cmsg_space!([RawFd; 4]);
     let (len, fds) = loop {

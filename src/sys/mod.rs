@@ -17,6 +17,7 @@
 #![allow(unsafe_code)]
 
 mod child;
+mod factory;
 mod link;
 mod netns;
 mod run;
@@ -30,6 +31,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
+pub use factory::SocketFactory;
 pub use link::LinkConfig;
 pub use netns::{NetnsRef, TapRequest, open_tap};
 pub use run::{NamespacedChild, spawn_in_new_namespace};

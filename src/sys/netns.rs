@@ -40,10 +40,10 @@ pub struct TapRequest {
 }
 
 /// A namespace file opened in the parent, with the words for error messages.
-struct NsFile {
-    fd: OwnedFd,
+pub(super) struct NsFile {
+    pub(super) fd: OwnedFd,
     /// "the network namespace of pid 1234", "the user namespace at /run/user/1000/userns"
-    desc: String,
+    pub(super) desc: String,
 }
 
 fn open_ns(path: &Path, desc: String, pid: Option<i32>) -> Result<NsFile, SysError> {
@@ -55,6 +55,52 @@ fn open_ns(path: &Path, desc: String, pid: Option<i32>) -> Result<NsFile, SysErr
         }
         Err(errno) => Err(os(format!("joining {desc}"))(errno)),
     }
+}
+
+/// Opens the network namespace and the user namespace to join (none if it is ours already).
+pub(super) fn open_namespaces(
+    netns_ref: &NetnsRef,
+    userns_path: Option<&Path>,
+) -> Result<(NsFile, Option<NsFile>), SysError> {
+    // The network namespace first, so a vanished PID is reported as such.
+    let netns = match netns_ref {
+        NetnsRef::Pid(pid) => open_ns(
+            Path::new(&format!("/proc/{pid}/ns/net")),
+            format!("the network namespace of pid {pid}"),
+            Some(*pid),
+        )?,
+        NetnsRef::Path(path) => open_ns(
+            path,
+            format!("the network namespace at {}", path.display()),
+            None,
+        )?,
+    };
+    let userns = match (userns_path, netns_ref) {
+        (Some(path), _) => Some(open_ns(
+            path,
+            format!("the user namespace at {}", path.display()),
+            None,
+        )?),
+        (None, NetnsRef::Pid(pid)) => Some(open_ns(
+            Path::new(&format!("/proc/{pid}/ns/user")),
+            format!("the user namespace of pid {pid}"),
+            Some(*pid),
+        )?),
+        (None, NetnsRef::Path(_)) => None,
+    };
+    let userns = match userns {
+        Some(ns) if is_current_userns(&ns)? => None,
+        other => other,
+    };
+    Ok((netns, userns))
+}
+
+/// In a forked child: joins the user namespace (if any), then the network namespace.
+pub(super) fn join(netns: &NsFile, userns: Option<&NsFile>) -> Result<(), SysError> {
+    if let Some(ns) = userns {
+        setns(&ns.fd, CloneFlags::CLONE_NEWUSER).map_err(os(format!("joining {}", ns.desc)))?;
+    }
+    setns(&netns.fd, CloneFlags::CLONE_NEWNET).map_err(os(format!("joining {}", netns.desc)))
 }
 
 /// Whether `ns` is the user namespace we are in already (setns would fail with EINVAL).
@@ -82,36 +128,8 @@ pub fn open_tap(req: &TapRequest) -> Result<OwnedFd, SysError> {
     }
 
     // Open the namespace files here, before forking: errors are simpler, and the child has
-    // less to do. The network namespace first, so a vanished PID is reported as such.
-    let netns = match &req.netns {
-        NetnsRef::Pid(pid) => open_ns(
-            Path::new(&format!("/proc/{pid}/ns/net")),
-            format!("the network namespace of pid {pid}"),
-            Some(*pid),
-        )?,
-        NetnsRef::Path(path) => open_ns(
-            path,
-            format!("the network namespace at {}", path.display()),
-            None,
-        )?,
-    };
-    let userns = match (&req.userns, &req.netns) {
-        (Some(path), _) => Some(open_ns(
-            path,
-            format!("the user namespace at {}", path.display()),
-            None,
-        )?),
-        (None, NetnsRef::Pid(pid)) => Some(open_ns(
-            Path::new(&format!("/proc/{pid}/ns/user")),
-            format!("the user namespace of pid {pid}"),
-            Some(*pid),
-        )?),
-        (None, NetnsRef::Path(_)) => None,
-    };
-    let userns = match userns {
-        Some(ns) if is_current_userns(&ns)? => None,
-        other => other,
-    };
+    // less to do.
+    let (netns, userns) = open_namespaces(&req.netns, req.userns.as_deref())?;
 
     let tap_name = req.tap_name.as_str();
     let configure_with = req.configure;
@@ -119,11 +137,7 @@ pub fn open_tap(req: &TapRequest) -> Result<OwnedFd, SysError> {
     let mut keep = vec![netns.fd.as_raw_fd()];
     keep.extend(userns.as_ref().map(|ns| ns.fd.as_raw_fd()));
     run_in_child(&format!("opening TAP {tap_name}"), &keep, move || {
-        if let Some(ns) = &userns {
-            setns(&ns.fd, CloneFlags::CLONE_NEWUSER).map_err(os(format!("joining {}", ns.desc)))?;
-        }
-        setns(&netns.fd, CloneFlags::CLONE_NEWNET)
-            .map_err(os(format!("joining {}", netns.desc)))?;
+        join(&netns, userns.as_ref())?;
         let (tap, actual_name) = open_tap_device(tap_name, vnet_hdr)?;
         if let Some(cfg) = &configure_with {
             configure(&actual_name, cfg)?;

@@ -95,6 +95,11 @@ pub fn allow_list() -> Vec<Allowed> {
         // UDP datagrams of one flow go out together with a UDP_SEGMENT control message.
         any("sendmsg", libc::SYS_sendmsg),
         any("recvfrom", libc::SYS_recvfrom),
+        // Spliced forwards: a pipe per direction, bytes moved socket to pipe to socket, and
+        // the socket inside the guest's namespace received from the socket helper child.
+        any("pipe2", libc::SYS_pipe2),
+        any("splice", libc::SYS_splice),
+        any("recvmsg", libc::SYS_recvmsg),
         any("close", libc::SYS_close),
         // O_NONBLOCK / FD_CLOEXEC on accepted sockets (fcntl), FIONBIO (socket2's
         // set_nonblocking). No other ioctl: not the TAP's, not a terminal's (TIOCSTI).
