@@ -289,3 +289,53 @@ result fragmented "$(in_guest awk '$1 == "Ip6FragCreates" {print $2}' /proc/net/
     out.expect_eq("reply_len", "1235");
     out.expect_eq("reply_head", "echo:yyy");
 }
+
+/// `--enable-forward-splice` over IPv6: forwards from `[::1]` to the guest's IPv6 address and
+/// from `127.0.0.1` to it carry 1 MiB intact, seen by the guest from its own IPv6 address (the
+/// socket is made in the namespace); a forward from `[::1]` to the guest's IPv4 address is
+/// spliced too (seen from 10.0.2.100).
+#[test]
+fn spliced_forwards_over_ipv6() {
+    if is_peer() {
+        eprintln!("spliced_forwards_over_ipv6: skipped: slirp4netns has no spliced forwards");
+        return;
+    }
+    let Some(out) = run(
+        "spliced_forwards_over_ipv6",
+        r#"
+setup_outer
+setup_outer_v6
+make_payload
+result want "$PAYLOAD_SHA 1048576"
+API=$T/api.sock
+start_guest root
+start_helper -c -6 -a "$API" --enable-forward-splice "$GUEST" tap0
+wait_slaac fd00:
+start_server gul6 gpy tcp-upload-server --addr :: --port 80 --log "$T/gul6.peers"
+start_server gul4 gpy tcp-upload-server --addr 0.0.0.0 --port 81 --log "$T/gul4.peers"
+add() {
+    printf '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"%s","host_port":%s,"guest_addr":"%s","guest_port":%s}}' "$@"
+}
+api "$(add ::1 8091 "$GUEST6" 80)" >/dev/null
+api "$(add 127.0.0.1 8093 "$GUEST6" 80)" >/dev/null
+api "$(add ::1 8092 "" 81)" >/dev/null
+result guest6 "[$GUEST6]"
+result lo6_up "$(opy tcp-put ::1 8091 --file "$T/payload" 2>&1)"
+result lo6_peer "$(tail -n1 "$T/gul6.peers" | sed 's/\]:.*/]/')"
+result v4to6_up "$(opy tcp-put 127.0.0.1 8093 --file "$T/payload" 2>&1)"
+result v4to6_peer "$(tail -n1 "$T/gul6.peers" | sed 's/\]:.*/]/')"
+result v6to4_up "$(opy tcp-put ::1 8092 --file "$T/payload" 2>&1)"
+result v6to4_peer "$(tail -n1 "$T/gul4.peers" | cut -d: -f1)"
+"#,
+    ) else {
+        return;
+    };
+    let want = out.get("want").to_string();
+    let guest6 = out.get("guest6").to_string();
+    out.expect_eq("lo6_up", &want);
+    out.expect_eq("lo6_peer", &guest6);
+    out.expect_eq("v4to6_up", &want);
+    out.expect_eq("v4to6_peer", &guest6);
+    out.expect_eq("v6to4_up", &want);
+    out.expect_eq("v6to4_peer", "10.0.2.100");
+}
