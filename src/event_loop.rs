@@ -19,7 +19,7 @@ use crate::api_server::ApiServer;
 use crate::splice::Splices;
 use crate::stack::Stack;
 use crate::stack::frame::{Gso, TxFrame};
-use crate::stack::host::{Host, PingKind, Token};
+use crate::stack::host::{Host, PingKind, SplicedStats, Token};
 use crate::sys::{SocketFactory, sock};
 use crate::throttle::Throttle;
 
@@ -354,6 +354,7 @@ impl Host for SystemHost {
         accepted: Socket,
         token: Token,
         guest: SocketAddr,
+        forward: u64,
     ) -> Result<(), Socket> {
         let Some(factory) = &self.factory else {
             return Err(accepted);
@@ -386,7 +387,7 @@ impl Host for SystemHost {
         }
         match self
             .splices
-            .start(&self.epoll, KIND_SPLICE, accepted, inside)
+            .start(&self.epoll, KIND_SPLICE, forward, accepted, inside)
         {
             Ok(()) => Ok(()),
             Err((error, accepted, _inside)) => {
@@ -404,6 +405,14 @@ impl Host for SystemHost {
 
     fn spliced_open(&self) -> usize {
         self.splices.open()
+    }
+
+    fn spliced_stats(&self, forward: u64) -> SplicedStats {
+        self.splices.stats(forward)
+    }
+
+    fn forget_spliced(&mut self, forward: u64) {
+        self.splices.forget(forward);
     }
 }
 

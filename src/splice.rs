@@ -17,6 +17,7 @@
 //! raise SIGPIPE; the event loop blocks SIGPIPE (and Rust programs ignore it by default), so that
 //! only surfaces here as EPIPE.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
@@ -27,6 +28,8 @@ use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use nix::unistd::pipe2;
 use socket2::Socket;
+
+use crate::stack::host::SplicedStats;
 
 /// Side bit of a token: the host (accepted) socket.
 const HOST: usize = 0;
@@ -95,6 +98,8 @@ struct Relay {
     pipes: [Pipe; 2],
     /// The guest socket's connect has completed; nothing moves before.
     connected: bool,
+    /// The port forward it belongs to, for that forward's counters.
+    owner: u64,
 }
 
 impl Relay {
@@ -217,6 +222,16 @@ pub struct Splices {
     open: usize,
     /// Bytes delivered, indexed by source side: `[host → guest, guest → host]`.
     moved: [u64; 2],
+    /// Per owner (port forward): open relays and bytes, kept while the owner exists or still
+    /// has relays open.
+    owners: HashMap<u64, Owner>,
+}
+
+#[derive(Debug, Default)]
+struct Owner {
+    stats: SplicedStats,
+    /// The forward was removed: drop the entry when its last relay ends.
+    forgotten: bool,
 }
 
 impl Splices {
@@ -231,6 +246,7 @@ impl Splices {
         &mut self,
         epoll: &Epoll,
         kind: u64,
+        owner: u64,
         host: Socket,
         guest: Socket,
     ) -> Result<(), (io::Error, Socket, Socket)> {
@@ -265,6 +281,7 @@ impl Splices {
             sockets: [host, guest],
             pipes,
             connected: false,
+            owner,
         };
         if index == self.slots.len() {
             self.slots.push(Some(relay));
@@ -273,6 +290,7 @@ impl Splices {
             self.slots[index] = Some(relay);
         }
         self.open += 1;
+        self.owners.entry(owner).or_default().stats.active += 1;
         Ok(())
     }
 
@@ -286,7 +304,15 @@ impl Splices {
         let Some(Some(relay)) = self.slots.get_mut(index) else {
             return;
         };
-        match relay.step(side, events, &mut self.moved) {
+        let mut moved = [0; 2];
+        let outcome = relay.step(side, events, &mut moved);
+        self.moved[HOST] += moved[HOST];
+        self.moved[GUEST] += moved[GUEST];
+        if let Some(owner) = self.owners.get_mut(&relay.owner) {
+            owner.stats.bytes_to_guest += moved[HOST];
+            owner.stats.bytes_to_host += moved[GUEST];
+        }
+        match outcome {
             Outcome::Keep => {}
             Outcome::Close => self.remove(epoll, index, false),
             Outcome::Reset => self.remove(epoll, index, true),
@@ -296,6 +322,22 @@ impl Splices {
     /// Relays still open.
     pub fn open(&self) -> usize {
         self.open
+    }
+
+    /// Open relays and bytes moved for `owner`.
+    pub fn stats(&self, owner: u64) -> SplicedStats {
+        self.owners.get(&owner).map(|o| o.stats).unwrap_or_default()
+    }
+
+    /// `owner` is gone: its counters are dropped now, or when its last relay ends.
+    pub fn forget(&mut self, owner: u64) {
+        if let Some(entry) = self.owners.get_mut(&owner) {
+            if entry.stats.active == 0 {
+                self.owners.remove(&owner);
+            } else {
+                entry.forgotten = true;
+            }
+        }
     }
 
     /// Bytes moved so far, host→guest and guest→host, over all relays ever.
@@ -314,6 +356,12 @@ impl Splices {
             let _ = epoll.delete(socket);
             if reset {
                 let _ = socket.set_linger(Some(Duration::ZERO));
+            }
+        }
+        if let Some(owner) = self.owners.get_mut(&relay.owner) {
+            owner.stats.active -= 1;
+            if owner.forgotten && owner.stats.active == 0 {
+                self.owners.remove(&relay.owner);
             }
         }
         drop(relay);
@@ -393,7 +441,7 @@ mod tests {
             let host = Socket::from(host);
             host.set_nonblocking(true).unwrap();
             self.splices
-                .start(&self.epoll, KIND, host, guest)
+                .start(&self.epoll, KIND, 7, host, guest)
                 .map_err(|(e, _, _)| e)
                 .unwrap();
             timeouts(&c);
@@ -496,6 +544,12 @@ mod tests {
         }
         assert!(finished);
         assert_eq!(rig.splices.bytes(), (N as u64, N as u64));
+        let stats = rig.splices.stats(7);
+        assert_eq!(
+            (stats.bytes_to_guest, stats.bytes_to_host),
+            (N as u64, N as u64)
+        );
+        assert_eq!(rig.splices.stats(8), SplicedStats::default());
     }
 
     #[test]
@@ -532,12 +586,18 @@ mod tests {
         assert!(done, "relay still open: {}", rig.splices.open());
         assert_eq!(rig.splices.bytes(), (N as u64, REPLY as u64));
 
-        // The slot is reused, and a relay whose both peers just close ends too.
+        // The slot is reused, and a relay whose both peers just close ends too. Its owner's
+        // counters outlive the owner's removal only while the relay is open.
         let (c, s) = rig.pair();
         assert_eq!(rig.splices.open(), 1);
         assert_eq!(rig.splices.slots.len(), 1);
+        assert_eq!(rig.splices.stats(7).active, 1);
+        rig.splices.forget(7);
+        assert_eq!(rig.splices.stats(7).active, 1);
         drop((c, s));
         assert!(rig.drive(Duration::from_secs(1), |sp| sp.open() == 0));
+        assert_eq!(rig.splices.stats(7), SplicedStats::default());
+        assert!(rig.splices.owners.is_empty());
     }
 
     #[test]
@@ -580,7 +640,7 @@ mod tests {
         guest.set_nonblocking(true).unwrap();
         let _ = guest.connect(&SockAddr::from(l2.local_addr().unwrap()));
         rig.splices
-            .start(&rig.epoll, KIND, Socket::from(host), guest)
+            .start(&rig.epoll, KIND, 7, Socket::from(host), guest)
             .map_err(|(e, _, _)| e)
             .unwrap();
         let (mut s, _) = l2.accept().unwrap();

@@ -738,7 +738,8 @@ result rk_list "$(api "$LIST_REQ")"
 /// default they cross it. Either way 1 MiB arrives intact each way and echoed; the guest sees
 /// its own address as the peer when spliced and the gateway otherwise; a client on the remote
 /// host always crosses the TAP with its own address; a guest port nobody listens on resets
-/// the client at once; the helper keeps no descriptor of a finished connection; and the
+/// the client at once; `get_stats` counts spliced connections and bytes like the others; the
+/// helper keeps no descriptor of a finished connection; and the
 /// socket helper child (spliced only) ends with the helper. Spliced also works under
 /// `--enable-sandbox --enable-seccomp`.
 #[test]
@@ -782,6 +783,10 @@ for mode in spliced confined tap; do
     result "${mode}_refused" "$(opy tcp-get 127.0.0.1 8083 --timeout 5 2>&1 | tail -n1)"
     result "${mode}_refused_ms" "$(( ($(date +%s%N) - t0) / 1000000 ))ms"
     sleep 0.3
+    # Forward 1 carried the loopback upload (spliced or not) and the remote one (TAP).
+    result "${mode}_stats" "$(api '{"execute":"get_stats"}' | "$PY" -c 'import json, sys
+f = json.load(sys.stdin)["return"]["forwards"][0]
+print(f["id"], f["connections_total"], f["connections_active"], f["bytes_to_guest"] >= 2 << 20, f["bytes_to_host"] > 0)')"
     result "${mode}_fds_left" "$(( $(ls "/proc/$HPID/fd" | wc -l) - fds_before ))"
     kids=$(ps -o pid= --ppid "$HPID" || true)
     result "${mode}_children" "$(echo $kids | wc -w)"
@@ -820,6 +825,7 @@ done
         out.expect(&key("refused_ms"), "under 2 s", |_| {
             out.millis(&key("refused_ms")) < 2000
         });
+        out.expect_eq(&key("stats"), "1 2 0 True True");
         out.expect_eq(&key("fds_left"), "0");
         out.expect_eq(&key("children"), children);
         out.expect_eq(&key("children_after"), "0");

@@ -17,6 +17,14 @@ pub enum PingKind {
     Raw,
 }
 
+/// A forward's spliced connections (src/splice.rs), for its `get_stats` entry.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SplicedStats {
+    pub active: u64,
+    pub bytes_to_guest: u64,
+    pub bytes_to_host: u64,
+}
+
 pub trait Host {
     type Socket;
 
@@ -86,12 +94,22 @@ pub trait Host {
         accepted: Self::Socket,
         token: Token,
         guest: SocketAddr,
+        forward: u64,
     ) -> Result<(), Self::Socket> {
-        let _ = (token, guest);
+        let _ = (token, guest, forward);
         Err(accepted)
     }
     /// Spliced connections still open (they count against the forward connection limit).
     fn spliced_open(&self) -> usize {
         0
+    }
+    /// What forward `forward`'s spliced connections carried, and how many are open.
+    fn spliced_stats(&self, forward: u64) -> SplicedStats {
+        let _ = forward;
+        SplicedStats::default()
+    }
+    /// Forward `forward` was removed: its counters may go once its connections have ended.
+    fn forget_spliced(&mut self, forward: u64) {
+        let _ = forward;
     }
 }

@@ -1328,6 +1328,7 @@ impl<H: Host> Stack<H> {
             return false;
         };
         self.forwards.remove(index);
+        self.host.forget_spliced(id.0);
         // UDP clients of the forward were answered through its socket, now gone.
         for index in 0..self.udp.entries.len() {
             let belongs = self.udp.entries[index].as_ref().is_some_and(
@@ -1369,14 +1370,20 @@ impl<H: Host> Stack<H> {
                         stats.bytes_to_host += flow.bytes_to_host;
                     }
                 }
+                let spliced = self.host.spliced_stats(f.info.id.0);
+                stats.bytes_to_guest += spliced.bytes_to_guest;
+                stats.bytes_to_host += spliced.bytes_to_host;
                 stats.connections_active = match f.info.proto {
-                    Proto::Tcp => self
-                        .tcp
-                        .entries
-                        .iter()
-                        .flatten()
-                        .filter(|flow| flow.forward == Some(f.info.id))
-                        .count() as u64,
+                    Proto::Tcp => {
+                        spliced.active
+                            + self
+                                .tcp
+                                .entries
+                                .iter()
+                                .flatten()
+                                .filter(|flow| flow.forward == Some(f.info.id))
+                                .count() as u64
+                    }
                     Proto::Udp => self
                         .udp
                         .entries
@@ -1437,7 +1444,10 @@ impl<H: Host> Stack<H> {
             // From host loopback the guest would see the gateway's address anyway: no
             // source to preserve, so the bytes may skip the TAP (if the host can).
             let socket = if peer.ip().is_loopback() {
-                match self.host.splice_to_guest(socket, token, info.guest) {
+                match self
+                    .host
+                    .splice_to_guest(socket, token, info.guest, info.id.0)
+                {
                     Ok(()) => continue,
                     Err(socket) => socket,
                 }
