@@ -446,6 +446,10 @@ impl<H: Host> Stack<H> {
                 continue;
             };
             if flow.ack_due && flow.state == TcpState::Established {
+                if !flow.ack_is_news() {
+                    flow.ack_due = false;
+                    continue;
+                }
                 let header = flow.ack_header();
                 let (src, guest) = (flow.key.remote.ip(), flow.key.guest.ip());
                 let link = self.link_to(guest);

@@ -15,6 +15,7 @@
 //! scaling), RFC 6298 (retransmission timer). Deliberately not done: SACK, timestamps, urgent
 //! data, simultaneous open.
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -146,6 +147,9 @@ pub struct TcpFlow<S> {
     pub bytes_to_guest: u64,
     /// The TAP takes GSO frames: send up to [`GSO_PAYLOAD`] bytes per frame.
     pub gso: bool,
+    /// The ACK number and window field of the last segment sent to the guest: a pure ACK
+    /// repeating both is a duplicate ACK to the guest, and three make it retransmit.
+    last_ack_sent: Cell<Option<(u32, u16)>>,
     /// The ACK must go now: a duplicate ACK for out-of-order data (RFC 5681 4.2) is what
     /// triggers the guest's fast retransmit, and coalescing it would hide the loss.
     pub ack_now: bool,
@@ -206,6 +210,7 @@ impl<S> TcpFlow<S> {
             timer: None,
             ack_due: false,
             ack_now: false,
+            last_ack_sent: Cell::new(None),
             flush_due: false,
             forward: None,
             bytes_to_host: 0,
@@ -309,13 +314,15 @@ impl<S> TcpFlow<S> {
     }
 
     fn header(&self, control: TcpControl, seq: u32) -> TcpHeader {
+        let window = self.window_field();
+        self.last_ack_sent.set(Some((self.ack_point, window)));
         TcpHeader {
             src_port: self.key.remote.port(),
             dst_port: self.key.guest.port(),
             control,
             seq,
             ack: Some(self.ack_point),
-            window: self.window_field(),
+            window,
             max_seg_size: None,
             window_scale: None,
         }
@@ -350,6 +357,14 @@ impl<S> TcpFlow<S> {
     }
 
     /// A pure ACK carrying our current window.
+    /// Whether a pure ACK now would tell the guest something: a new ACK number or window.
+    /// A batch in which the host socket took nothing leaves both as they were, and an ACK
+    /// then would be a duplicate (RFC 5681 2: same ACK, same window, no data): three of them
+    /// and the guest retransmits data that was never lost.
+    pub fn ack_is_news(&self) -> bool {
+        self.last_ack_sent.get() != Some((self.ack_point, self.window_field()))
+    }
+
     pub fn ack_header(&mut self) -> TcpHeader {
         self.ack_due = false;
         self.header(TcpControl::None, self.snd_nxt)
