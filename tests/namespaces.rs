@@ -803,6 +803,39 @@ print(s["bytes"] > 1 << 30, s["retransmits"])' "$T/iperf.json" 2>&1 | tail -1)"
     out.expect_eq("sent", "True 0");
 }
 
+/// A guest connection left idle with TCP keepalive on (probes after 1 s, every 1 s, 3 unanswered
+/// = dead) is still alive after 6 s and echoes: slirpnet answers keepalive probes (no data,
+/// one below the next sequence number) with an ACK, as a TCP peer must.
+#[test]
+fn idle_connection_with_keepalive_survives() {
+    let Some(out) = run(
+        "idle_connection_with_keepalive_survives",
+        r#"
+setup_outer
+start_server hecho opy tcp-echo-server --addr 127.0.0.1 --port 7777
+start_guest root
+start_helper -c "$GUEST" tap0
+result echo "$(in_guest timeout 20 "$PY" -c '
+import socket, time
+s = socket.create_connection(("10.0.2.2", 7777), timeout=10)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+time.sleep(6)
+try:
+    s.sendall(b"still here")
+    print(s.recv(100).decode())
+except OSError as e:
+    print("error:", e)
+' 2>&1 | tail -n1)"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("echo", "still here");
+}
+
 /// Small socket buffers on both iperf3 ends (`-w 16K`, which the server takes too), both
 /// directions at MTU 1500: the transfer goes at the buffers' pace, with bytes in every
 /// half-second interval of iperf3's report (no stall, no collapse).

@@ -423,6 +423,13 @@ impl<S> TcpFlow<S> {
             if let Err(verdict) = self.on_data(host, seg) {
                 return verdict;
             }
+        } else if seq_lt(
+            seg.seq,
+            self.rcv_acked.wrapping_add(self.pending.len() as u32),
+        ) {
+            // A keepalive probe (RFC 9293 3.8.4: no data, one below the next sequence
+            // number): it must be answered, or the guest declares the connection dead.
+            self.ack_now = true;
         }
         self.poll_close()
     }
