@@ -75,11 +75,6 @@ impl SystemHost {
         self.factory = Some(factory);
     }
 
-    /// Bytes spliced so far, host → guest and guest → host.
-    pub fn spliced_bytes(&self) -> (u64, u64) {
-        self.splices.bytes()
-    }
-
     /// A host that refuses every destination but loopback (`ENETUNREACH`): for tests and
     /// benchmarks that drive the stack in the machine's own network namespace, so that no
     /// guest frame, however random, can make a connection leave the machine.

@@ -300,6 +300,12 @@ impl<S> TcpFlow<S> {
         }
     }
 
+    /// The next sequence number expected from the guest: past what the host took and what
+    /// `pending` holds.
+    fn rcv_next(&self) -> u32 {
+        self.rcv_acked.wrapping_add(self.pending.len() as u32)
+    }
+
     /// What `pending` can still take.
     fn room(&self) -> usize {
         self.buffer.saturating_sub(self.pending.len())
@@ -356,7 +362,6 @@ impl<S> TcpFlow<S> {
         self.timer = Some(now + self.rto);
     }
 
-    /// A pure ACK carrying our current window.
     /// Whether a pure ACK now would tell the guest something: a new ACK number or window.
     /// A batch in which the host socket took nothing leaves both as they were, and an ACK
     /// then would be a duplicate (RFC 5681 2: same ACK, same window, no data): three of them
@@ -365,6 +370,7 @@ impl<S> TcpFlow<S> {
         self.last_ack_sent.get() != Some((self.ack_point, self.window_field()))
     }
 
+    /// A pure ACK carrying our current window.
     pub fn ack_header(&mut self) -> TcpHeader {
         self.ack_due = false;
         self.header(TcpControl::None, self.snd_nxt)
@@ -423,10 +429,7 @@ impl<S> TcpFlow<S> {
             if let Err(verdict) = self.on_data(host, seg) {
                 return verdict;
             }
-        } else if seq_lt(
-            seg.seq,
-            self.rcv_acked.wrapping_add(self.pending.len() as u32),
-        ) {
+        } else if seq_lt(seg.seq, self.rcv_next()) {
             // A keepalive probe (RFC 9293 3.8.4: no data, one below the next sequence
             // number): it must be answered, or the guest declares the connection dead.
             self.ack_now = true;
@@ -489,7 +492,7 @@ impl<S> TcpFlow<S> {
         host: &mut H,
         seg: &Segment,
     ) -> Result<(), Verdict> {
-        let expected = self.rcv_acked.wrapping_add(self.pending.len() as u32);
+        let expected = self.rcv_next();
         let len = seg.payload.len() as u32;
         let end = seg.seq.wrapping_add(len);
         self.ack_due = true;
@@ -514,7 +517,7 @@ impl<S> TcpFlow<S> {
             self.send_pending(host)?;
         }
         if seg.fin {
-            let expected = self.rcv_acked.wrapping_add(self.pending.len() as u32);
+            let expected = self.rcv_next();
             if end == expected {
                 self.guest_fin_seq = Some(end);
             }
@@ -563,7 +566,7 @@ impl<S> TcpFlow<S> {
         host: &mut H,
     ) -> Result<(), Verdict> {
         loop {
-            let expected = self.rcv_acked.wrapping_add(self.pending.len() as u32);
+            let expected = self.rcv_next();
             let Some(position) = self.out_of_order.iter().position(|(seq, data)| {
                 seq_le(*seq, expected) && seq_lt(expected, seq.wrapping_add(data.len() as u32))
             }) else {
@@ -574,7 +577,7 @@ impl<S> TcpFlow<S> {
             self.accept(host, &data[skip..])?;
         }
         // Whatever now lies wholly before the expected point is stale.
-        let expected = self.rcv_acked.wrapping_add(self.pending.len() as u32);
+        let expected = self.rcv_next();
         self.out_of_order
             .retain(|(seq, data)| seq_lt(expected, seq.wrapping_add(data.len() as u32)));
         Ok(())
@@ -634,7 +637,7 @@ impl<S> TcpFlow<S> {
         if self.room() < self.mss {
             // Full, and the host socket took what it could: we answer for these bytes now
             // (they are safe in `pending`), and the window closes.
-            self.ack_point = self.rcv_acked.wrapping_add(self.pending.len() as u32);
+            self.ack_point = self.rcv_next();
         }
         if let Err(verdict) = self.forward_fin(host) {
             return verdict;
