@@ -36,6 +36,20 @@ fn entries(list: &[String]) -> String {
     format!(r#"{{"entries":[{}]}}"#, list.join(","))
 }
 
+/// `{prefix}refused`: a host client of a forward to a guest port nobody listens on was closed
+/// (it read nothing: sha256 of no bytes, length 0) or reset; `{prefix}refused_ms`: within 2 s.
+fn expect_refused_promptly(out: &common::Outcome, prefix: &str) {
+    out.expect_one_of(
+        &format!("{prefix}refused"),
+        &[
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 0",
+            "ConnectionResetError: [Errno 104] Connection reset by peer",
+        ],
+    );
+    let ms = format!("{prefix}refused_ms");
+    out.expect(&ms, "under 2 s", |_| out.millis(&ms) < 2000);
+}
+
 fn skip_for_peer(test: &str, why: &str) -> bool {
     if is_peer() {
         eprintln!("{test}: skipped: slirp4netns has no {why}");
@@ -95,16 +109,7 @@ result refused_ms "$(( ($(date +%s%N) - t0) / 1000000 ))ms"
     out.expect_eq("down", &want);
     out.expect_eq("echo", &want);
     out.expect_eq("add4", &added(4));
-    out.expect_one_of(
-        "refused",
-        &[
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 0",
-            "ConnectionResetError: [Errno 104] Connection reset by peer",
-        ],
-    );
-    out.expect("refused_ms", "under 2 s", |_| {
-        out.millis("refused_ms") < 2000
-    });
+    expect_refused_promptly(&out, "");
 }
 
 /// `-p/--publish` (repeatable): the forwards listen by the time the ready byte comes, carry
@@ -815,16 +820,7 @@ done
         out.expect_eq(&key("up_peer"), loopback_peer);
         out.expect_eq(&key("down_peer"), loopback_peer);
         out.expect_eq(&key("remote_peer"), "198.18.0.2:40007");
-        out.expect_one_of(
-            &key("refused"),
-            &[
-                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 0",
-                "ConnectionResetError: [Errno 104] Connection reset by peer",
-            ],
-        );
-        out.expect(&key("refused_ms"), "under 2 s", |_| {
-            out.millis(&key("refused_ms")) < 2000
-        });
+        expect_refused_promptly(&out, &format!("{mode}_"));
         out.expect_eq(&key("stats"), "1 2 0 True True");
         out.expect_eq(&key("fds_left"), "0");
         out.expect_eq(&key("children"), children);
