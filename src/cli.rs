@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
@@ -73,6 +74,9 @@ const MAX_TAP_NAME_LEN: usize = 15;
 /// The libslirp config version whose features slirpnet provides; engines read it from
 /// `--version` to decide whether `--outbound-addr` and `--disable-dns` may be used.
 const SLIRP_CONFIG_VERSION_MAX: u32 = 4;
+/// `--busy-poll`: beyond 10 ms polling is spinning, not waiting for an answer.
+const BUSY_POLL_MAX: u64 = 10_000;
+const BUSY_POLL_DEFAULT: u128 = crate::busy_poll::DEFAULT_WINDOW.as_micros();
 
 /// Every long option clap knows, hidden ones included, in the order getopt would list
 /// them for an ambiguous prefix. Keep in sync with [`RawArgs`].
@@ -95,6 +99,7 @@ const LONG_OPTIONS: &[(&str, Option<char>)] = &[
     ("outbound-addr6", None),
     ("disable-dns", None),
     ("enable-forward-splice", None),
+    ("busy-poll", None),
     ("macaddress", None),
     ("target-type", None),
     ("enable-sandbox", None),
@@ -156,6 +161,9 @@ struct RawArgs {
     /// New in slirpnet (src/splice.rs).
     #[arg(long)]
     enable_forward_splice: bool,
+    /// New in slirpnet (src/busy_poll.rs): microseconds.
+    #[arg(long, allow_hyphen_values = true)]
+    busy_poll: Option<String>,
     #[arg(long, allow_hyphen_values = true)]
     macaddress: Option<String>,
     #[arg(long, allow_hyphen_values = true)]
@@ -340,6 +348,10 @@ fn build_config(raw: RawArgs, warnings: &mut Vec<String>) -> Result<Config, CliE
         .map(|spec| crate::api::parse_publish(spec, &net, raw.enable_ipv6))
         .collect::<Result<Vec<_>, String>>()
         .map_err(CliError::without_usage)?;
+    let busy_poll = match raw.busy_poll.as_deref() {
+        Some(text) => parse_busy_poll(text)?,
+        None => crate::busy_poll::DEFAULT_WINDOW,
+    };
     let mut limits = Limits::default();
     for spec in &raw.limit {
         limits.apply(spec).map_err(CliError::without_usage)?;
@@ -360,6 +372,7 @@ fn build_config(raw: RawArgs, warnings: &mut Vec<String>) -> Result<Config, CliE
         outbound_addr6,
         disable_dns: raw.disable_dns,
         enable_forward_splice: raw.enable_forward_splice,
+        busy_poll,
         mac,
         api_socket,
         enable_ipv6: raw.enable_ipv6,
@@ -647,6 +660,16 @@ fn interface_ipv4_address(name: &str) -> Option<Ipv4Addr> {
         })
 }
 
+/// `--busy-poll`: whole microseconds, at most [`BUSY_POLL_MAX`].
+fn parse_busy_poll(text: &str) -> Result<Duration, CliError> {
+    match text.parse::<u64>() {
+        Ok(us) if us <= BUSY_POLL_MAX => Ok(Duration::from_micros(us)),
+        _ => Err(CliError::without_usage(format!(
+            "--busy-poll expects microseconds from 0 to {BUSY_POLL_MAX}, got \"{text}\""
+        ))),
+    }
+}
+
 /// Exactly six `:`-separated bytes of one or two hex digits. slirp4netns is laxer
 /// (**bug**: it accepts five bytes and `sscanf("%x")` leftovers like `2zz`); its error
 /// texts are kept.
@@ -708,6 +731,8 @@ COMMAND's status.
 --enable-forward-splice  splice forwarded TCP connections from host loopback to a socket
                          inside the namespace, skipping the TAP: less CPU, but the guest sees
                          them from its own address instead of from the gateway
+--busy-poll=USEC         after small exchanges, poll this long for the next before sleeping:
+                         lower latency for a little CPU (default={BUSY_POLL_DEFAULT}, 0=never, max={BUSY_POLL_MAX})
 --macaddress=MAC         specify the MAC address of the TAP (only valid with -c)
 --target-type=TYPE       specify the target type ([netns], default=netns)
 --enable-seccomp         enable seccomp to limit syscalls (an allow-list; see docs/security.md)
@@ -1308,6 +1333,26 @@ mod tests {
             "slirpnet: option '--enable-seccomp' doesn't allow an argument",
             true,
         );
+    }
+
+    #[test]
+    fn busy_poll_takes_microseconds_up_to_ten_milliseconds() {
+        assert_eq!(run(&["1"]).unwrap().busy_poll, Duration::from_micros(200));
+        assert_eq!(
+            run(&["--busy-poll=0", "1"]).unwrap().busy_poll,
+            Duration::ZERO
+        );
+        assert_eq!(
+            run(&["--busy-poll", "10000", "1"]).unwrap().busy_poll,
+            Duration::from_millis(10)
+        );
+        for bad in ["10001", "-1", "50us", ""] {
+            assert_error(
+                &["--busy-poll", bad, "1"],
+                &format!("--busy-poll expects microseconds from 0 to 10000, got \"{bad}\""),
+                false,
+            );
+        }
     }
 
     #[test]

@@ -145,6 +145,9 @@ pub struct Config {
     /// to a socket inside the namespace (the guest sees them from its own address) instead of
     /// crossing the TAP (from the gateway, as with slirp4netns).
     pub enable_forward_splice: bool,
+    /// `--busy-poll=USEC`: after small exchanges the event loop polls this long before
+    /// sleeping (src/busy_poll.rs); zero: it always sleeps.
+    pub busy_poll: std::time::Duration,
     /// `--macaddress`, only valid with `-c`.
     pub mac: Option<[u8; 6]>,
     pub api_socket: Option<PathBuf>,

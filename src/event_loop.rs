@@ -4,7 +4,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -16,6 +16,7 @@ use nix::unistd::Pid;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::api_server::ApiServer;
+use crate::busy_poll::BusyPoll;
 use crate::splice::Splices;
 use crate::stack::Stack;
 use crate::stack::frame::{Gso, TxFrame};
@@ -524,6 +525,10 @@ pub struct EventLoop {
     /// Run mode: the command whose exit ends the loop.
     pub child: Option<Pid>,
     pub faults: FaultLogs,
+    /// Whether to poll for a while before sleeping (`--busy-poll`).
+    pub busy_poll: BusyPoll,
+    /// Bytes read from and written to the TAP in this iteration of the loop.
+    pub moved: (usize, usize),
 }
 
 impl EventLoop {
@@ -576,20 +581,29 @@ impl EventLoop {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let timeout = match next {
-                Some(at) => {
-                    let ms = at.saturating_duration_since(now).as_millis().min(60_000) as u16;
-                    // Round up so we do not wake just before the deadline.
-                    EpollTimeout::from(ms.saturating_add(1))
-                }
-                None => EpollTimeout::NONE,
+            let until_timer = next.map(|at| at.saturating_duration_since(now));
+            let mut ready = match self.busy_poll.budget(until_timer) {
+                Some(budget) => self.poll_for(&mut events, budget)?,
+                None => 0,
             };
-            let ready = match self.stack.host.epoll.wait(&mut events, timeout) {
-                Ok(n) => n,
-                Err(Errno::EINTR) => 0,
-                Err(e) => return Err(e.into()),
-            };
+            if ready == 0 {
+                let timeout = match next {
+                    Some(at) => {
+                        let left = at.saturating_duration_since(Instant::now());
+                        let ms = left.as_millis().min(60_000) as u16;
+                        // Round up so we do not wake just before the deadline.
+                        EpollTimeout::from(ms.saturating_add(1))
+                    }
+                    None => EpollTimeout::NONE,
+                };
+                ready = match self.stack.host.epoll.wait(&mut events, timeout) {
+                    Ok(n) => n,
+                    Err(Errno::EINTR) => 0,
+                    Err(e) => return Err(e.into()),
+                };
+            }
             let now = Instant::now();
+            self.moved = (0, 0);
             for event in &events[..ready] {
                 match event.data() {
                     TOKEN_TAP => self.drain_tap(now, &mut frame)?,
@@ -613,6 +627,26 @@ impl EventLoop {
             }
             self.stack.flush();
             self.write_frames()?;
+            self.busy_poll.record(self.moved.0, self.moved.1);
+        }
+    }
+
+    /// Polls the epoll set without sleeping for up to `budget` (src/busy_poll.rs says why),
+    /// yielding the CPU between polls; returns how many events are ready, 0 if none came.
+    fn poll_for(&mut self, events: &mut [EpollEvent], budget: Duration) -> io::Result<usize> {
+        let start = Instant::now();
+        loop {
+            match self.stack.host.epoll.wait(events, EpollTimeout::ZERO) {
+                Ok(0) | Err(Errno::EINTR) => {}
+                Ok(n) => return Ok(n),
+                Err(e) => return Err(e.into()),
+            }
+            if start.elapsed() >= budget {
+                self.busy_poll.went_quiet();
+                return Ok(0);
+            }
+            // Lets a runnable task on this CPU (often the other end of the exchange) go first.
+            let _ = nix::sched::sched_yield();
         }
     }
 
@@ -663,7 +697,10 @@ impl EventLoop {
             match read {
                 Ok(0) if !self.vnet_hdr => return Err(io::Error::other("TAP device closed")),
                 Ok(0) => {}
-                Ok(n) => self.stack.handle_frame(now, &frame[..n]),
+                Ok(n) => {
+                    self.moved.0 += n;
+                    self.stack.handle_frame(now, &frame[..n]);
+                }
                 Err(Errno::EAGAIN) | Err(Errno::EINTR) => break,
                 Err(Errno::EBADFD) | Err(Errno::ENODEV) | Err(Errno::EIO) => {
                     return Err(io::Error::other("the TAP device was removed"));
@@ -695,7 +732,7 @@ impl EventLoop {
                 nix::unistd::write(&self.tap, &frame[..len])
             };
             match written {
-                Ok(_) => {}
+                Ok(_) => self.moved.1 += len,
                 // The guest's queue is full: like a lost frame, TCP recovers.
                 Err(Errno::EAGAIN) | Err(Errno::ENOBUFS) => {
                     self.stack.counters.dropped_tap_full += 1

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod api_server;
+pub mod busy_poll;
 pub mod cli;
 pub mod config;
 pub mod event_loop;

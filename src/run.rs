@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::api_server::ApiServer;
+use crate::busy_poll::BusyPoll;
 use crate::config::{Config, Target};
 use crate::event_loop::{self, EventLoop, Exit, SystemHost};
 use crate::stack::{Stack, StackConfig};
@@ -136,6 +137,8 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
         signals,
         child: child_pid,
         faults: event_loop::FaultLogs::default(),
+        busy_poll: BusyPoll::new(config.busy_poll),
+        moved: (0, 0),
     };
     match event_loop.run()? {
         Exit::Requested => Ok(0),

@@ -836,6 +836,64 @@ except OSError as e:
     out.expect_eq("echo", "still here");
 }
 
+/// 3000 one-byte round trips from the guest to a host echo server (TCP_NODELAY, each waiting
+/// for its answer): every byte comes back, in order, with the default busy polling (under
+/// `--enable-seccomp`, whose allow-list must cover it) and with `--busy-poll=0`; once the
+/// exchanges stop the helper stops polling and uses no CPU.
+#[test]
+fn request_response_round_trips_then_idle() {
+    let script = r#"
+setup_outer
+start_server hecho opy tcp-echo-server --addr 127.0.0.1 --port 7777
+cat > "$T/rr.py" <<'PY'
+import socket
+s = socket.create_connection(("10.0.2.2", 7777), timeout=10)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+ok = 0
+for i in range(3000):
+    b = bytes([i % 251])
+    s.sendall(b)
+    ok += s.recv(1) == b
+s.close()
+print(ok)
+PY
+phase() {
+    local name=$1
+    shift
+    start_guest root
+    start_helper -c "$@" "$GUEST" tap0
+    result "echoed_$name" "$(in_guest timeout 60 "$PY" "$T/rr.py" 2>&1 | tail -n1)"
+    sleep 0.5
+    local cpu0
+    cpu0=$(awk '{print $14 + $15}' "/proc/$HPID/stat")
+    sleep 2
+    result "idle_ticks_$name" "$(( $(awk '{print $14 + $15}' "/proc/$HPID/stat") - cpu0 ))"
+    result "alive_$name" "$(helper_alive "$HPID")"
+    kill "$HPID"
+    wait_exit "$HPID" 5
+}
+phase default --enable-seccomp
+"#;
+    let mut phases = vec!["default"];
+    let mut script = script.to_string();
+    if !peer_skips("--busy-poll=0") {
+        phases.push("no_poll");
+        script.push_str("phase no_poll --busy-poll=0\n");
+    }
+    let Some(out) = run("request_response_round_trips_then_idle", &script) else {
+        return;
+    };
+    for phase in phases {
+        out.expect_eq(&format!("echoed_{phase}"), "3000");
+        out.expect_eq(&format!("alive_{phase}"), "yes");
+        out.expect(
+            &format!("idle_ticks_{phase}"),
+            "no CPU once the exchanges stop (under 5 ticks in 2 s)",
+            |v| v.parse::<u64>().is_ok_and(|t| t < 5),
+        );
+    }
+}
+
 /// Small socket buffers on both iperf3 ends (`-w 16K`, which the server takes too), both
 /// directions at MTU 1500: the transfer goes at the buffers' pace, with bytes in every
 /// half-second interval of iperf3's report (no stall, no collapse).

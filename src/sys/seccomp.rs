@@ -138,6 +138,8 @@ pub fn allow_list() -> Vec<Allowed> {
         // Timers: the vDSO answers clock_gettime without a system call, except on clock
         // sources it cannot read (some virtual machines), where libc falls back to the call.
         any("clock_gettime", libc::SYS_clock_gettime),
+        // --busy-poll: the CPU is yielded between polls of the epoll set.
+        any("sched_yield", libc::SYS_sched_yield),
         // Exit: the API socket file is removed (unlinkat through the directory opened at
         // bind, which also works inside the sandbox) if it is still the one we bound
         // (newfstatat: someone may have replaced it), Rust's runtime takes down the main
