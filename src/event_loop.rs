@@ -582,14 +582,15 @@ impl EventLoop {
                 (a, b) => a.or(b),
             };
             let until_timer = next.map(|at| at.saturating_duration_since(now));
-            let mut ready = match self.busy_poll.budget(until_timer) {
-                Some(budget) => self.poll_for(&mut events, budget)?,
-                None => 0,
-            };
+            let (mut ready, mut now) = (0, now);
+            if let Some(budget) = self.busy_poll.budget(until_timer) {
+                ready = self.poll_for(&mut events, budget)?;
+                now = Instant::now();
+            }
             if ready == 0 {
                 let timeout = match next {
                     Some(at) => {
-                        let left = at.saturating_duration_since(Instant::now());
+                        let left = at.saturating_duration_since(now);
                         let ms = left.as_millis().min(60_000) as u16;
                         // Round up so we do not wake just before the deadline.
                         EpollTimeout::from(ms.saturating_add(1))
