@@ -9,7 +9,9 @@
 //! end of the exchange) still gets it. Bulk transfers move large amounts per wake-up and never
 //! poll, nor do one-way streams of small frames (UDP): there the CPU is better left to the
 //! processes at both ends. The window ends at the first poll that finds nothing, so an idle
-//! helper polls once and then sleeps.
+//! helper polls once and then sleeps. Windows that keep ending empty (exchanges paced further
+//! apart than the window) make the next one wait for a longer streak, so paced traffic does not
+//! pay a wasted window per exchange.
 
 use std::time::Duration;
 
@@ -19,6 +21,9 @@ pub const SMALL_EXCHANGE: usize = 16 << 10;
 /// Consecutive small iterations before polling starts: one stray small frame in a bulk
 /// transfer (an ACK) does not make it latency-bound.
 const STREAK: u32 = 2;
+/// After this many empty windows in a row the streak needed stops doubling: 2 << 5 = 64 small
+/// iterations, one window per 32 paced exchanges at most.
+const MAX_BACKOFF: u32 = 5;
 /// The default `--busy-poll` window: longer than a peer's turnaround on a loaded 2-core
 /// machine (tens of microseconds), short enough to cost nothing noticeable once traffic stops.
 pub const DEFAULT_WINDOW: Duration = Duration::from_micros(200);
@@ -30,6 +35,8 @@ pub struct BusyPoll {
     small_streak: u32,
     /// Which ways the last iteration that moved anything moved it: (from, to) the guest.
     last_direction: (bool, bool),
+    /// Windows in a row that ended with nothing to do (capped at [`MAX_BACKOFF`]).
+    misses: u32,
 }
 
 impl BusyPoll {
@@ -38,6 +45,7 @@ impl BusyPoll {
             window,
             small_streak: 0,
             last_direction: (false, false),
+            misses: 0,
         }
     }
 
@@ -62,7 +70,7 @@ impl BusyPoll {
     /// How long to poll before sleeping, if at all; never past `until_timer`, the time left
     /// before the loop's next timer.
     pub fn budget(&self, until_timer: Option<Duration>) -> Option<Duration> {
-        if self.window.is_zero() || self.small_streak < STREAK {
+        if self.window.is_zero() || self.small_streak < STREAK << self.misses {
             return None;
         }
         let budget = until_timer.map_or(self.window, |left| left.min(self.window));
@@ -72,6 +80,12 @@ impl BusyPoll {
     /// A poll window passed with nothing to do: the exchange is over, sleep until traffic.
     pub fn went_quiet(&mut self) {
         self.small_streak = 0;
+        self.misses = (self.misses + 1).min(MAX_BACKOFF);
+    }
+
+    /// A poll window found work: polling pays here.
+    pub fn caught(&mut self) {
+        self.misses = 0;
     }
 }
 
@@ -139,9 +153,35 @@ mod tests {
         round_trip(&mut poll);
         poll.went_quiet();
         assert_eq!(poll.budget(None), None);
+        // After an empty window the next needs twice the streak.
+        round_trip(&mut poll);
         poll.record(60, 54);
         assert_eq!(poll.budget(None), None);
         poll.record(0, 60);
+        assert_eq!(poll.budget(None), Some(WINDOW));
+    }
+
+    #[test]
+    fn empty_windows_in_a_row_back_off_until_one_catches_something() {
+        let mut poll = BusyPoll::new(WINDOW);
+        let mut windows = 0;
+        // Paced exchanges: every window ends empty.
+        for _ in 0..200 {
+            round_trip(&mut poll);
+            if poll.budget(None).is_some() {
+                windows += 1;
+                poll.went_quiet();
+            }
+        }
+        // 400 iterations: windows after 2, 4, 8, 16, 32, then every 64: 10, not 200.
+        assert_eq!(windows, 10);
+
+        // A window that catches the next exchange restores polling at once.
+        while poll.budget(None).is_none() {
+            round_trip(&mut poll);
+        }
+        poll.caught();
+        round_trip(&mut poll);
         assert_eq!(poll.budget(None), Some(WINDOW));
     }
 

@@ -639,7 +639,10 @@ impl EventLoop {
         loop {
             match self.stack.host.epoll.wait(events, EpollTimeout::ZERO) {
                 Ok(0) | Err(Errno::EINTR) => {}
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    self.busy_poll.caught();
+                    return Ok(n);
+                }
                 Err(e) => return Err(e.into()),
             }
             if start.elapsed() >= budget {
