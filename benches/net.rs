@@ -353,6 +353,11 @@ fn inner_main(opts: &cli::Options) -> Result<(), String> {
             scratch: &outer.scratch,
             run_id: n,
             no_ipv6: outer.no_ipv6.as_deref(),
+            extra_args: if h.kind == HelperKind::Slirpnet {
+                &opts.slirpnet_args
+            } else {
+                &[]
+            },
         });
         wall_sum += run.wall_s;
         if run.status != Status::Ok {

@@ -10,6 +10,7 @@ use crate::report::{self, Summary};
 /// Runs every check; panics (with the check's message) on the first that fails.
 pub fn run() {
     helper_names();
+    slirpnet_args_keep_their_order();
     kernel_run_round_trip();
     share_of_kernel();
     summary_with_kernel();
@@ -24,6 +25,22 @@ fn helper_names() {
     assert_eq!(HelperKind::Kernel.label(), "kernel (veth)");
     assert!(!HelperKind::Kernel.has_process());
     assert!(HelperKind::ALL[..3].iter().all(|h| h.has_process()));
+}
+
+fn slirpnet_args_keep_their_order() {
+    let args: Vec<String> = [
+        "--slirpnet-arg=--busy-poll=0",
+        "--slirpnet-arg",
+        "--limit=tcp-flows=9",
+    ]
+    .map(String::from)
+    .to_vec();
+    let opts = cli::parse(&args).unwrap();
+    assert_eq!(opts.slirpnet_args, ["--busy-poll=0", "--limit=tcp-flows=9"]);
+    assert!(
+        cli::parse(&["--slirpnet-arg".into()]).is_err(),
+        "needs a value"
+    );
 }
 
 fn ok_run(helper: HelperKind, mode: Mode, mtu: u32, value: f64) -> Run {

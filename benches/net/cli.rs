@@ -31,6 +31,8 @@ Options:
                         docs/benchmarks.json
     --docs-only         do not measure: regenerate the docs from --json PATH (no root needed)
     --slirpnet PATH     slirpnet binary (default: the one cargo built for the bench)
+    --slirpnet-arg ARG  one more argument for slirpnet, before its positionals (repeatable;
+                        e.g. --slirpnet-arg=--busy-poll=0 to measure an option's effect)
     --slirp4netns PATH  slirp4netns binary (default: from PATH)
     --pasta PATH        pasta binary (default: from PATH)
     -h, --help          this text
@@ -48,6 +50,8 @@ pub struct Options {
     pub write_docs: bool,
     pub docs_only: bool,
     pub slirpnet: Option<PathBuf>,
+    /// `--slirpnet-arg`, in order.
+    pub slirpnet_args: Vec<String>,
     pub slirp4netns: Option<PathBuf>,
     pub pasta: Option<PathBuf>,
     pub help: bool,
@@ -88,6 +92,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         write_docs: false,
         docs_only: false,
         slirpnet: None,
+        slirpnet_args: Vec::new(),
         slirp4netns: None,
         pasta: None,
         help: false,
@@ -115,6 +120,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
                 | "--modes"
                 | "--json"
                 | "--slirpnet"
+                | "--slirpnet-arg"
                 | "--slirp4netns"
                 | "--pasta"
         );
@@ -167,6 +173,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--write-docs" => opts.write_docs = true,
             "--docs-only" => opts.docs_only = true,
             "--slirpnet" => opts.slirpnet = Some(PathBuf::from(value)),
+            "--slirpnet-arg" => opts.slirpnet_args.push(value),
             "--slirp4netns" => opts.slirp4netns = Some(PathBuf::from(value)),
             "--pasta" => opts.pasta = Some(PathBuf::from(value)),
             "-h" | "--help" => opts.help = true,

@@ -610,6 +610,8 @@ pub struct Start<'a> {
     pub ipv6: bool,
     pub scratch: &'a Path,
     pub run_id: usize,
+    /// More arguments, before the positionals (`--slirpnet-arg`).
+    pub extra_args: &'a [String],
 }
 
 /// Starts a helper for `ns` the way engines do.
@@ -622,6 +624,7 @@ pub fn start_helper(start: &Start, ns: &mut Netns) -> Res<Helper> {
         ipv6,
         scratch,
         run_id,
+        extra_args,
     } = *start;
     let stderr = scratch.join(format!("{}.{run_id}.err", kind.name()));
     let err_file = File::create(&stderr).map_err(|e| e.to_string())?;
@@ -640,6 +643,7 @@ pub fn start_helper(start: &Start, ns: &mut Netns) -> Res<Helper> {
             if ipv6 {
                 cmd.arg("-6");
             }
+            cmd.args(extra_args);
             cmd.args([&ns.pid.to_string(), "tap0"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

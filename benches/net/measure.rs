@@ -25,6 +25,8 @@ pub struct Plan<'a> {
     pub run_id: usize,
     /// Set when the suite's namespace has no IPv6: why the IPv6 modes cannot run.
     pub no_ipv6: Option<&'a str>,
+    /// More arguments for the helper (`--slirpnet-arg`; none for the others).
+    pub extra_args: &'a [String],
 }
 
 /// How long the namespace may take to get an IPv6 address and route (SLAAC takes 1–2 s).
@@ -124,6 +126,7 @@ fn run_inner(plan: &Plan, result: &mut Run) -> Result<(), RunErr> {
         ipv6,
         scratch: plan.scratch,
         run_id: plan.run_id,
+        extra_args: plan.extra_args,
     };
     let mut helper =
         env::start_helper(&start, &mut ns).map_err(|e| failed(format!("start: {e}")))?;
