@@ -220,8 +220,6 @@ pub struct Splices {
     /// Vacant slots, reused before the slab grows.
     free: Vec<usize>,
     open: usize,
-    /// Bytes delivered, indexed by source side: `[host → guest, guest → host]`.
-    moved: [u64; 2],
     /// Per owner (port forward): open relays and bytes, kept while the owner exists or still
     /// has relays open.
     owners: HashMap<u64, Owner>,
@@ -304,10 +302,9 @@ impl Splices {
         let Some(Some(relay)) = self.slots.get_mut(index) else {
             return;
         };
+        // Bytes delivered, indexed by source side: `[host → guest, guest → host]`.
         let mut moved = [0; 2];
         let outcome = relay.step(side, events, &mut moved);
-        self.moved[HOST] += moved[HOST];
-        self.moved[GUEST] += moved[GUEST];
         if let Some(owner) = self.owners.get_mut(&relay.owner) {
             owner.stats.bytes_to_guest += moved[HOST];
             owner.stats.bytes_to_host += moved[GUEST];
@@ -338,11 +335,6 @@ impl Splices {
                 entry.forgotten = true;
             }
         }
-    }
-
-    /// Bytes moved so far, host→guest and guest→host, over all relays ever.
-    pub fn bytes(&self) -> (u64, u64) {
-        (self.moved[HOST], self.moved[GUEST])
     }
 
     /// Ends a relay, closing its 2 sockets and 4 pipe ends; `reset` closes the sockets with an
@@ -384,6 +376,14 @@ mod tests {
     /// The caller's kind bits, as the event loop would put them above the token.
     const KIND: u64 = 0xA5 << 56;
     const KIND_MASK: u64 = 0xFF << 56;
+    /// The port forward every test relay belongs to.
+    const OWNER: u64 = 7;
+
+    /// Bytes the test relays moved, host → guest and guest → host.
+    fn moved(splices: &Splices) -> (u64, u64) {
+        let stats = splices.stats(OWNER);
+        (stats.bytes_to_guest, stats.bytes_to_host)
+    }
     /// Blocking I/O in the helper threads gives up after this, so a stalled relay fails the test
     /// instead of hanging it.
     const IO_TIMEOUT: Duration = Duration::from_secs(3);
@@ -441,7 +441,7 @@ mod tests {
             let host = Socket::from(host);
             host.set_nonblocking(true).unwrap();
             self.splices
-                .start(&self.epoll, KIND, 7, host, guest)
+                .start(&self.epoll, KIND, OWNER, host, guest)
                 .map_err(|(e, _, _)| e)
                 .unwrap();
             timeouts(&c);
@@ -543,13 +543,8 @@ mod tests {
             t.join().unwrap().unwrap();
         }
         assert!(finished);
-        assert_eq!(rig.splices.bytes(), (N as u64, N as u64));
-        let stats = rig.splices.stats(7);
-        assert_eq!(
-            (stats.bytes_to_guest, stats.bytes_to_host),
-            (N as u64, N as u64)
-        );
-        assert_eq!(rig.splices.stats(8), SplicedStats::default());
+        assert_eq!(moved(&rig.splices), (N as u64, N as u64));
+        assert_eq!(rig.splices.stats(OWNER + 1), SplicedStats::default());
     }
 
     #[test]
@@ -584,19 +579,19 @@ mod tests {
         assert_eq!(reply.len(), REPLY);
         recv_pattern(&mut reply.as_slice(), 4, REPLY).unwrap();
         assert!(done, "relay still open: {}", rig.splices.open());
-        assert_eq!(rig.splices.bytes(), (N as u64, REPLY as u64));
+        assert_eq!(moved(&rig.splices), (N as u64, REPLY as u64));
 
         // The slot is reused, and a relay whose both peers just close ends too. Its owner's
         // counters outlive the owner's removal only while the relay is open.
         let (c, s) = rig.pair();
         assert_eq!(rig.splices.open(), 1);
         assert_eq!(rig.splices.slots.len(), 1);
-        assert_eq!(rig.splices.stats(7).active, 1);
-        rig.splices.forget(7);
-        assert_eq!(rig.splices.stats(7).active, 1);
+        assert_eq!(rig.splices.stats(OWNER).active, 1);
+        rig.splices.forget(OWNER);
+        assert_eq!(rig.splices.stats(OWNER).active, 1);
         drop((c, s));
         assert!(rig.drive(Duration::from_secs(1), |sp| sp.open() == 0));
-        assert_eq!(rig.splices.stats(7), SplicedStats::default());
+        assert_eq!(rig.splices.stats(OWNER), SplicedStats::default());
         assert!(rig.splices.owners.is_empty());
     }
 
@@ -609,9 +604,9 @@ mod tests {
         // S reads nothing: the guest socket and then the pipe fill, the host socket stops
         // being drained, and C's writes block.
         rig.drive(Duration::from_millis(300), |_| false);
-        let stuck = rig.splices.bytes().0;
+        let stuck = moved(&rig.splices).0;
         rig.drive(Duration::from_millis(100), |_| false);
-        assert_eq!(rig.splices.bytes().0, stuck, "still moving: not backed up");
+        assert_eq!(moved(&rig.splices).0, stuck, "still moving: not backed up");
         assert!((stuck as usize) < N);
         assert!(!writer.is_finished());
         // Now only edges (guest writable, host readable) can restart it.
@@ -622,7 +617,7 @@ mod tests {
         writer.join().unwrap().unwrap();
         reader.join().unwrap().unwrap();
         assert!(done);
-        assert_eq!(rig.splices.bytes().0, N as u64);
+        assert_eq!(moved(&rig.splices).0, N as u64);
     }
 
     #[test]
@@ -640,12 +635,12 @@ mod tests {
         guest.set_nonblocking(true).unwrap();
         let _ = guest.connect(&SockAddr::from(l2.local_addr().unwrap()));
         rig.splices
-            .start(&rig.epoll, KIND, 7, Socket::from(host), guest)
+            .start(&rig.epoll, KIND, OWNER, Socket::from(host), guest)
             .map_err(|(e, _, _)| e)
             .unwrap();
         let (mut s, _) = l2.accept().unwrap();
         timeouts(&s);
-        assert!(rig.drive(Duration::from_secs(1), |sp| sp.bytes().0 == 11));
+        assert!(rig.drive(Duration::from_secs(1), |sp| moved(sp).0 == 11));
         let mut buf = [0u8; 11];
         s.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"early bytes");
@@ -671,7 +666,7 @@ mod tests {
             Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
             other => panic!("client saw {other:?}, not a reset or EOF"),
         }
-        assert_eq!(rig.splices.bytes(), (0, 0));
+        assert_eq!(moved(&rig.splices), (0, 0));
     }
 
     #[test]
