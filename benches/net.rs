@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let result = if opts.docs_only {
-        report::write_docs_from(&opts.json)
+        report::write_docs_from(&opts.json, &opts.docs_name)
     } else if inner {
         inner_main(&opts)
     } else {
@@ -128,7 +128,7 @@ fn outer_main(opts: &cli::Options) -> Result<(), String> {
         return Err(format!("the measuring process failed: {status}"));
     }
     if opts.write_docs {
-        report::write_docs_from(&opts.json)?;
+        report::write_docs_from(&opts.json, &opts.docs_name)?;
     }
     Ok(())
 }
@@ -223,6 +223,9 @@ fn inner_main(opts: &cli::Options) -> Result<(), String> {
         .map(PathBuf::from)
         .ok_or("scratch directory not set")?;
     let outer = env::Outer::setup(&scratch)?;
+    if let Some(name) = &opts.congestion_control {
+        env::use_congestion_control(name)?;
+    }
     let mut found = Vec::new();
     for &kind in &opts.helpers {
         if !kind.has_process() {

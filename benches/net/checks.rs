@@ -11,6 +11,7 @@ use crate::report::{self, Summary};
 pub fn run() {
     helper_names();
     slirpnet_args_keep_their_order();
+    congestion_control_and_docs_name();
     kernel_run_round_trip();
     share_of_kernel();
     summary_with_kernel();
@@ -41,6 +42,51 @@ fn slirpnet_args_keep_their_order() {
         cli::parse(&["--slirpnet-arg".into()]).is_err(),
         "needs a value"
     );
+}
+
+/// `--congestion-control` goes into a sysctl file and `--docs-name` into file names: plain words
+/// only. The report names the algorithm and whether the suite set it.
+fn congestion_control_and_docs_name() {
+    let parse = |args: &[&str]| cli::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    let opts = parse(&[
+        "--congestion-control=cubic",
+        "--docs-name",
+        "benchmarks-cubic",
+    ])
+    .unwrap();
+    assert_eq!(opts.congestion_control.as_deref(), Some("cubic"));
+    assert_eq!(opts.docs_name, "benchmarks-cubic");
+    let defaults = parse(&[]).unwrap();
+    assert_eq!(defaults.congestion_control, None);
+    assert_eq!(defaults.docs_name, "benchmarks");
+    for bad in ["cu bic", "cubic\n", "../x", ""] {
+        assert!(parse(&["--congestion-control", bad]).is_err(), "{bad:?}");
+    }
+    assert!(parse(&["--docs-name", "../benchmarks"]).is_err());
+
+    let mut doc = json!({
+        "date": "2000-01-01 00:00 UTC",
+        "machine": { "tcp_congestion_control": "cubic" },
+        "options": { "modes": ["tcp-ns-host"], "mtus": [1500], "duration_s": 1.0,
+                     "congestion_control": "cubic" },
+        "helpers": [{ "name": "slirpnet", "path": null, "version": "v" }],
+        "runs": [Run::to_json(&ok_run(HelperKind::Slirpnet, Mode::TcpNsHost, 1500, 6.0))],
+        "loopback": null,
+    });
+    let md = Summary::from_json(&doc)
+        .unwrap()
+        .markdown("benchmarks-cubic");
+    assert!(
+        md.contains("congestion control in every namespace: cubic (set by `--congestion-control`")
+            && md.contains("(benchmarks-cubic.svg)")
+            && md.contains("--json docs/benchmarks-cubic.json --docs-name benchmarks-cubic`"),
+        "{md}"
+    );
+    doc["machine"]["tcp_congestion_control"] = json!("bbr");
+    doc["options"]["congestion_control"] = json!(null);
+    let md = Summary::from_json(&doc).unwrap().markdown("benchmarks");
+    assert!(md.contains(": bbr (the kernel's default here;"), "{md}");
+    assert!(md.contains("--json docs/benchmarks.json`"), "{md}");
 }
 
 fn ok_run(helper: HelperKind, mode: Mode, mtu: u32, value: f64) -> Run {
@@ -127,7 +173,7 @@ fn summary_with_kernel() {
         text.contains("no namespace crossed") && text.contains("16.0 Gbit/s (1 run(s) failed)"),
         "{text}"
     );
-    let md = sum.markdown();
+    let md = sum.markdown("benchmarks");
     assert!(
         md.contains("| slirpnet/kernel |") && md.contains("| 75 % |"),
         "{md}"

@@ -29,12 +29,16 @@ Options:
     --json PATH         results file (default target/bench/net.json)
     --write-docs        after the run, write docs/benchmarks.md, docs/benchmarks.svg and
                         docs/benchmarks.json
+    --docs-name NAME    write docs/NAME.{md,svg,json} instead (default benchmarks)
     --docs-only         do not measure: regenerate the docs from --json PATH (no root needed)
     --slirpnet PATH     slirpnet binary (default: the one cargo built for the bench)
     --slirpnet-arg ARG  one more argument for slirpnet, before its positionals (repeatable;
                         e.g. --slirpnet-arg=--busy-poll=0 to measure an option's effect)
     --slirp4netns PATH  slirp4netns binary (default: from PATH)
     --pasta PATH        pasta binary (default: from PATH)
+    --congestion-control NAME
+                        TCP congestion control in every namespace the suite makes (e.g.
+                        cubic); default: the kernel's default, which the report names
     -h, --help          this text
 ";
 
@@ -49,6 +53,10 @@ pub struct Options {
     pub json: PathBuf,
     pub write_docs: bool,
     pub docs_only: bool,
+    /// `--docs-name`: the docs files' stem.
+    pub docs_name: String,
+    /// `--congestion-control`: set in every namespace of the suite.
+    pub congestion_control: Option<String>,
     pub slirpnet: Option<PathBuf>,
     /// `--slirpnet-arg`, in order.
     pub slirpnet_args: Vec<String>,
@@ -91,6 +99,8 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         json: PathBuf::from("target/bench/net.json"),
         write_docs: false,
         docs_only: false,
+        docs_name: "benchmarks".into(),
+        congestion_control: None,
         slirpnet: None,
         slirpnet_args: Vec::new(),
         slirp4netns: None,
@@ -123,6 +133,8 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
                 | "--slirpnet-arg"
                 | "--slirp4netns"
                 | "--pasta"
+                | "--docs-name"
+                | "--congestion-control"
         );
         let value = if takes_value {
             match inline {
@@ -176,6 +188,21 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--slirpnet-arg" => opts.slirpnet_args.push(value),
             "--slirp4netns" => opts.slirp4netns = Some(PathBuf::from(value)),
             "--pasta" => opts.pasta = Some(PathBuf::from(value)),
+            "--docs-name" => {
+                if !is_word(&value, "-_") {
+                    return Err(format!(
+                        "bad --docs-name: {value} (letters, digits, - and _)"
+                    ));
+                }
+                opts.docs_name = value;
+            }
+            "--congestion-control" => {
+                // Written to a sysctl file: a plain algorithm name only.
+                if !is_word(&value, "_") {
+                    return Err(format!("bad --congestion-control: {value}"));
+                }
+                opts.congestion_control = Some(value);
+            }
             "-h" | "--help" => opts.help = true,
             other => return Err(format!("unknown option: {other}")),
         }
@@ -196,6 +223,13 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
     }
     opts.mtus = dedup(opts.mtus);
     Ok(opts)
+}
+
+fn is_word(s: &str, extra: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
 }
 
 fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {

@@ -21,6 +21,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
@@ -284,6 +285,35 @@ impl Drop for Outer {
     }
 }
 
+const CONGESTION_CONTROL_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_congestion_control";
+
+/// `--congestion-control`, once set in the suite's namespace: every run's namespace gets it too
+/// (a new namespace takes the kernel's default, not its creator's).
+static CONGESTION_CONTROL: OnceLock<String> = OnceLock::new();
+
+/// Makes `name` the TCP congestion control of the suite's namespace and of every namespace made
+/// after this.
+pub fn use_congestion_control(name: &str) -> Res<()> {
+    std::fs::write(CONGESTION_CONTROL_SYSCTL, name).map_err(|e| {
+        let available =
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+                .unwrap_or_default();
+        format!(
+            "congestion control {name}: {e} (available: {})",
+            available.trim()
+        )
+    })?;
+    let _ = CONGESTION_CONTROL.set(name.to_string());
+    Ok(())
+}
+
+/// The TCP congestion control in the calling process's namespace.
+pub fn congestion_control() -> Option<String> {
+    std::fs::read_to_string(CONGESTION_CONTROL_SYSCTL)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
 /// Waits until a freshly spawned `unshare --net` holder is in its own namespace.
 fn wait_new_netns(holder: &mut Child) -> Res<()> {
     let ours = netns_id("self");
@@ -327,6 +357,10 @@ impl Netns {
         };
         wait_new_netns(&mut ns.holder)?;
         ns.sh(&["ip", "link", "set", "lo", "up"])?;
+        if let Some(name) = CONGESTION_CONTROL.get() {
+            let write = format!("echo {name} > {CONGESTION_CONTROL_SYSCTL}");
+            ns.sh(&["sh", "-c", &write])?;
+        }
         Ok(ns)
     }
 

@@ -76,7 +76,14 @@ fn machine() -> Value {
                 .map(str::to_string)
         })
         .unwrap_or_default();
-    json!({ "cpu": cpu, "cores": cores, "kernel": kernel, "mem_kib": mem_kib, "iperf3": iperf3 })
+    json!({
+        "cpu": cpu,
+        "cores": cores,
+        "kernel": kernel,
+        "mem_kib": mem_kib,
+        "iperf3": iperf3,
+        "tcp_congestion_control": crate::env::congestion_control(),
+    })
 }
 
 /// `helpers`: kind, binary (none for the kernel baseline), version. `loopback`: the direct host
@@ -99,6 +106,7 @@ pub fn results_json(
             "mtus": opts.mtus,
             "modes": opts.modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
             "quick": opts.quick,
+            "congestion_control": opts.congestion_control,
             "udp_rate": model::UDP_RATE,
             "udp_len": model::UDP_LEN,
         },
@@ -397,7 +405,8 @@ impl Summary {
         out
     }
 
-    pub fn markdown(&self) -> String {
+    /// `name`: the docs files' stem (`--docs-name`), for the plot and the regeneration command.
+    pub fn markdown(&self, name: &str) -> String {
         let d = &self.doc;
         let m = &d["machine"];
         let o = &d["options"];
@@ -418,6 +427,18 @@ impl Summary {
             m["mem_kib"].as_f64().unwrap_or(0.0) / 1048576.0
         );
         let _ = writeln!(s, "- {}", m["iperf3"].as_str().unwrap_or("iperf3"));
+        if let Some(cc) = m["tcp_congestion_control"].as_str() {
+            let how = if o["congestion_control"].is_string() {
+                "set by `--congestion-control`"
+            } else {
+                "the kernel's default here"
+            };
+            let _ = writeln!(
+                s,
+                "- TCP congestion control in every namespace: {cc} ({how}; it sets the pace of \
+                 every sender, see performance.md, \"Congestion control\")"
+            );
+        }
         let _ = writeln!(
             s,
             "- command (as root): `{}`",
@@ -429,7 +450,10 @@ impl Summary {
              a fresh namespace and helper per run",
             o["duration_s"], o["reps"]
         );
-        s.push_str("\n![throughput and latency per mode and MTU](benchmarks.svg)\n\n");
+        let _ = write!(
+            s,
+            "\n![throughput and latency per mode and MTU]({name}.svg)\n\n"
+        );
         s.push_str("## Results\n\nMedian [min–max] over repetitions. Ratios are of medians: above 1× slirpnet is faster.");
         if self.has_kernel() {
             s.push_str(
@@ -504,7 +528,12 @@ impl Summary {
              machine.\n\n\
              Rerun: `sudo cargo bench --bench net` (about 42 minutes with the defaults; \
              `-- --quick` takes under a minute). Regenerate this page from the raw results: \
-             `cargo bench --bench net -- --docs-only --json docs/benchmarks.json`.\n",
+             `cargo bench --bench net -- --docs-only --json docs/{name}.json{name_arg}`.\n",
+            name_arg = if name == "benchmarks" {
+                String::new()
+            } else {
+                format!(" --docs-name {name}")
+            },
             fwd = crate::FWD_PORT,
             rate = model::UDP_RATE,
             len = model::UDP_LEN,
@@ -747,8 +776,9 @@ fn markdown_table(head: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// docs/benchmarks.md, docs/benchmarks.svg and a copy of the results as docs/benchmarks.json.
-pub fn write_docs_from(json: &Path) -> Result<(), String> {
+/// docs/NAME.md, docs/NAME.svg and a copy of the results as docs/NAME.json (NAME: `--docs-name`,
+/// by default benchmarks).
+pub fn write_docs_from(json: &Path, name: &str) -> Result<(), String> {
     let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
     let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
     let summary = Summary::from_json(&doc)?;
@@ -758,12 +788,12 @@ pub fn write_docs_from(json: &Path) -> Result<(), String> {
         let p = docs.join(name);
         std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))
     };
-    write("benchmarks.md", &summary.markdown())?;
-    write("benchmarks.svg", &summary.svg())?;
-    let target = docs.join("benchmarks.json");
+    write(&format!("{name}.md"), &summary.markdown(name))?;
+    write(&format!("{name}.svg"), &summary.svg())?;
+    let target = docs.join(format!("{name}.json"));
     if std::fs::canonicalize(json).ok() != std::fs::canonicalize(&target).ok() {
-        write("benchmarks.json", &text)?;
+        write(&format!("{name}.json"), &text)?;
     }
-    eprintln!("wrote {}/benchmarks.{{md,svg,json}}", docs.display());
+    eprintln!("wrote {}/{name}.{{md,svg,json}}", docs.display());
     Ok(())
 }
