@@ -527,8 +527,6 @@ pub struct EventLoop {
     pub faults: FaultLogs,
     /// Whether to poll for a while before sleeping (`--busy-poll`).
     pub busy_poll: BusyPoll,
-    /// Bytes read from and written to the TAP in this iteration of the loop.
-    pub moved: (usize, usize),
 }
 
 impl EventLoop {
@@ -604,10 +602,14 @@ impl EventLoop {
                 };
             }
             let now = Instant::now();
-            self.moved = (0, 0);
+            // Bytes read from and written to the TAP in this iteration, for busy polling.
+            let mut moved = (0, 0);
             for event in &events[..ready] {
                 match event.data() {
-                    TOKEN_TAP => self.drain_tap(now, &mut frame)?,
+                    TOKEN_TAP => {
+                        let (read, written) = self.drain_tap(now, &mut frame)?;
+                        moved = (moved.0 + read, moved.1 + written);
+                    }
                     TOKEN_EXIT_FD => return Ok(Exit::Requested),
                     TOKEN_API => self.accept_api_clients(now)?,
                     token if token & !INDEX_MASK == KIND_API_CLIENT => {
@@ -627,8 +629,8 @@ impl EventLoop {
                 self.stack.poll_timers(now);
             }
             self.stack.flush();
-            self.write_frames()?;
-            self.busy_poll.record(self.moved.0, self.moved.1);
+            moved.1 += self.write_frames()?;
+            self.busy_poll.record(moved.0, moved.1);
         }
     }
 
@@ -686,7 +688,10 @@ impl EventLoop {
         Ok(())
     }
 
-    fn drain_tap(&mut self, now: Instant, frame: &mut [u8]) -> io::Result<()> {
+    /// Reads and handles what the guest sent; returns the bytes read from the TAP and those
+    /// written to it on the way (long bursts are answered as they go).
+    fn drain_tap(&mut self, now: Instant, frame: &mut [u8]) -> io::Result<(usize, usize)> {
+        let (mut read_bytes, mut written_bytes) = (0, 0);
         let mut vnet = [0u8; VNET_HDR_LEN];
         for _ in 0..TAP_BATCH {
             let read = if self.vnet_hdr {
@@ -702,7 +707,7 @@ impl EventLoop {
                 Ok(0) if !self.vnet_hdr => return Err(io::Error::other("TAP device closed")),
                 Ok(0) => {}
                 Ok(n) => {
-                    self.moved.0 += n;
+                    read_bytes += n;
                     self.stack.handle_frame(now, &frame[..n]);
                 }
                 Err(Errno::EAGAIN) | Err(Errno::EINTR) => break,
@@ -715,13 +720,15 @@ impl EventLoop {
             // behind a whole batch of input.
             if self.stack.tx.frames.len() >= TAP_BATCH {
                 self.stack.flush();
-                self.write_frames()?;
+                written_bytes += self.write_frames()?;
             }
         }
-        Ok(())
+        Ok((read_bytes, written_bytes))
     }
 
-    fn write_frames(&mut self) -> io::Result<()> {
+    /// Writes the frames the stack made to the TAP; returns the bytes written.
+    fn write_frames(&mut self) -> io::Result<usize> {
+        let mut written_bytes = 0;
         for TxFrame {
             buf: frame,
             len,
@@ -736,7 +743,7 @@ impl EventLoop {
                 nix::unistd::write(&self.tap, &frame[..len])
             };
             match written {
-                Ok(_) => self.moved.1 += len,
+                Ok(_) => written_bytes += len,
                 // The guest's queue is full: like a lost frame, TCP recovers.
                 Err(Errno::EAGAIN) | Err(Errno::ENOBUFS) => {
                     self.stack.counters.dropped_tap_full += 1
@@ -761,7 +768,7 @@ impl EventLoop {
             }
             self.stack.tx.recycle(frame);
         }
-        Ok(())
+        Ok(written_bytes)
     }
 
     fn handle_signals(&mut self, signal_fd: &SignalFd) -> io::Result<Option<Exit>> {

@@ -138,7 +138,6 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
         child: child_pid,
         faults: event_loop::FaultLogs::default(),
         busy_poll: BusyPoll::new(config.busy_poll),
-        moved: (0, 0),
     };
     match event_loop.run()? {
         Exit::Requested => Ok(0),
