@@ -51,8 +51,13 @@ pub fn run(config: &Config) -> anyhow::Result<i32> {
     // Forked after the TAP (whose errors are the ones to report) and before any sandbox or
     // seccomp filter, which forbid forking.
     let forwards_possible = config.api_socket.is_some() || !config.publish.is_empty();
-    let factory = (forwards_possible && config.enable_forward_splice)
-        .then(|| sys::SocketFactory::spawn(&namespaces.0, namespaces.1.as_deref()));
+    let factory = (forwards_possible && config.enable_forward_splice).then(|| {
+        sys::SocketFactory::spawn(
+            &namespaces.0,
+            namespaces.1.as_deref(),
+            config.enable_seccomp,
+        )
+    });
     // Checksum and TSO offloads let 64 KiB TCP segments cross the TAP whatever the MTU.
     let gso = offload_wanted()
         && match sys::enable_vnet_offloads(tap.as_fd(), VNET_HDR_LEN) {

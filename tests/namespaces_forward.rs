@@ -746,7 +746,7 @@ result rk_list "$(api "$LIST_REQ")"
 /// the client at once; `get_stats` counts spliced connections and bytes like the others; the
 /// helper keeps no descriptor of a finished connection; and the
 /// socket helper child (spliced only) ends with the helper. Spliced also works under
-/// `--enable-sandbox --enable-seccomp`.
+/// `--enable-sandbox --enable-seccomp`, with the socket helper under its own filter.
 #[test]
 fn loopback_forwards_spliced_when_enabled() {
     if skip_for_peer(
@@ -795,6 +795,10 @@ print(f["id"], f["connections_total"], f["connections_active"], f["bytes_to_gues
     result "${mode}_fds_left" "$(( $(ls "/proc/$HPID/fd" | wc -l) - fds_before ))"
     kids=$(ps -o pid= --ppid "$HPID" || true)
     result "${mode}_children" "$(echo $kids | wc -w)"
+    # The socket helper's seccomp mode (2: filtered), "none" without a child.
+    seccomp=none
+    for kid in $kids; do seccomp=$(awk '/^Seccomp:/ {print $2}' "/proc/$kid/status"); done
+    result "${mode}_child_seccomp" "$seccomp"
     kill -TERM "$HPID"
     wait "$HPID" 2>/dev/null
     sleep 0.2
@@ -808,10 +812,10 @@ done
         return;
     };
     let want = out.get("want").to_string();
-    for (mode, loopback_peer, children) in [
-        ("spliced", "10.0.2.100", "1"),
-        ("confined", "10.0.2.100", "1"),
-        ("tap", "10.0.2.2", "0"),
+    for (mode, loopback_peer, children, child_seccomp) in [
+        ("spliced", "10.0.2.100", "1", "0"),
+        ("confined", "10.0.2.100", "1", "2"),
+        ("tap", "10.0.2.2", "0", "none"),
     ] {
         let key = |what: &str| format!("{mode}_{what}");
         out.expect_eq(&key("up"), &want);
@@ -824,6 +828,7 @@ done
         out.expect_eq(&key("stats"), "1 2 0 True True");
         out.expect_eq(&key("fds_left"), "0");
         out.expect_eq(&key("children"), children);
+        out.expect_eq(&key("child_seccomp"), child_seccomp);
         out.expect_eq(&key("children_after"), "0");
     }
 }

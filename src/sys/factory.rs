@@ -8,7 +8,8 @@
 //! `SOCK_SEQPACKET` socketpair, each one-byte request (`4` or `6`) with a fresh non-blocking
 //! TCP socket (`SCM_RIGHTS`) or an error, in the wire format of src/sys/child.rs. It ends when
 //! the parent's end closes (the parent exited or dropped the factory), and is killed with its
-//! parent (`PR_SET_PDEATHSIG`).
+//! parent (`PR_SET_PDEATHSIG`). With `--enable-seccomp` it runs under an allow-list of its own,
+//! installed once it is in the namespaces (src/sys/seccomp.rs).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -38,9 +39,9 @@ pub struct SocketFactory {
 }
 
 impl SocketFactory {
-    /// Forks the child into the namespaces `netns` (and `userns`, as for the TAP) and checks
-    /// that it can make a socket there.
-    pub fn spawn(netns: &NetnsRef, userns: Option<&Path>) -> Result<Self, SysError> {
+    /// Forks the child into the namespaces `netns` (and `userns`, as for the TAP), with its
+    /// seccomp allow-list when `seccomp`, and checks that it can make a socket there.
+    pub fn spawn(netns: &NetnsRef, userns: Option<&Path>, seccomp: bool) -> Result<Self, SysError> {
         let (netns, userns) = open_namespaces(netns, userns)?;
         let (parent_end, child_end) = socketpair(
             AddressFamily::Unix,
@@ -60,7 +61,7 @@ impl SocketFactory {
                 let mut keep = vec![child_end.as_raw_fd(), netns.fd.as_raw_fd()];
                 keep.extend(userns.as_ref().map(|ns| ns.fd.as_raw_fd()));
                 close_inherited_fds(&keep, false);
-                factory_main(child_end, parent, netns, userns)
+                factory_main(child_end, parent, netns, userns, seccomp)
             }
             ForkResult::Parent { child } => {
                 drop(child_end);
@@ -110,7 +111,13 @@ impl Drop for SocketFactory {
     }
 }
 
-fn factory_main(sock: OwnedFd, parent: Pid, netns: NsFile, userns: Option<NsFile>) -> ! {
+fn factory_main(
+    sock: OwnedFd,
+    parent: Pid,
+    netns: NsFile,
+    userns: Option<NsFile>,
+    seccomp: bool,
+) -> ! {
     let joined = set_parent_death_signal()
         .and_then(|()| {
             if getppid() == parent {
@@ -122,6 +129,13 @@ fn factory_main(sock: OwnedFd, parent: Pid, netns: NsFile, userns: Option<NsFile
         .and_then(|()| join(&netns, userns.as_ref()));
     drop(netns);
     drop(userns);
+    let joined = joined.and_then(|()| {
+        if seccomp {
+            super::seccomp::install_for_socket_helper()
+        } else {
+            Ok(())
+        }
+    });
     if let Err(error) = joined {
         let _ = send(&sock, &encode_error(&error), None);
         exit_now(1);
@@ -162,27 +176,38 @@ mod tests {
     /// factory hands out working sockets, and its child is gone once it is dropped.
     #[test]
     fn sockets_come_back_and_the_child_ends_with_the_factory() {
-        let factory =
-            SocketFactory::spawn(&NetnsRef::Path("/proc/self/ns/net".into()), None).expect("spawn");
-        let child = factory.child;
-        for ipv6 in [false, true] {
-            let fd = factory.tcp_socket(ipv6).expect("socket");
-            let socket = socket2::Socket::from(fd);
-            assert_eq!(socket.r#type().unwrap(), socket2::Type::STREAM);
-            assert_eq!(socket.domain().unwrap() == socket2::Domain::IPV6, ipv6);
-            assert!(socket.nonblocking().unwrap());
+        for seccomp in [false, true] {
+            let factory =
+                SocketFactory::spawn(&NetnsRef::Path("/proc/self/ns/net".into()), None, seccomp)
+                    .expect("spawn");
+            let child = factory.child;
+            for ipv6 in [false, true, false] {
+                let fd = factory.tcp_socket(ipv6).expect("socket");
+                let socket = socket2::Socket::from(fd);
+                assert_eq!(socket.r#type().unwrap(), socket2::Type::STREAM);
+                assert_eq!(socket.domain().unwrap() == socket2::Domain::IPV6, ipv6);
+                assert!(socket.nonblocking().unwrap());
+            }
+            // /proc/PID/status: "Seccomp: 2" is filter mode.
+            let status = std::fs::read_to_string(format!("/proc/{child}/status")).unwrap();
+            let mode = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .map(str::trim);
+            assert_eq!(mode, Some(if seccomp { "2" } else { "0" }), "{status}");
+            drop(factory);
+            // Reaped by drop (it exited, not killed by SIGSYS on the way out): the pid no
+            // longer names our child.
+            assert_eq!(
+                nix::sys::wait::waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+                Err(Errno::ECHILD)
+            );
         }
-        drop(factory);
-        // Reaped by drop: the pid no longer names our child.
-        assert_eq!(
-            nix::sys::wait::waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
-            Err(Errno::ECHILD)
-        );
     }
 
     #[test]
     fn a_namespace_that_cannot_be_opened_is_an_error() {
-        let error = SocketFactory::spawn(&NetnsRef::Path("/nonexistent/netns".into()), None)
+        let error = SocketFactory::spawn(&NetnsRef::Path("/nonexistent/netns".into()), None, false)
             .expect_err("no such file");
         assert_eq!(error.errno(), Some(Errno::ENOENT));
     }

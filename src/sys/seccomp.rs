@@ -162,6 +162,34 @@ pub fn allow_list() -> Vec<Allowed> {
     list
 }
 
+/// The socket helper child's allow-list (src/sys/factory.rs), narrower still: it reads one-byte
+/// requests, makes TCP sockets (IPv4 or IPv6 only) and sends them back over its socketpair.
+/// It holds every capability in the container's user namespace, so what it may call matters
+/// more than what the event loop may.
+pub fn socket_helper_allow_list() -> Vec<Allowed> {
+    vec![
+        // A request: one byte (recv is recvfrom in the kernel).
+        any("recvfrom", libc::SYS_recvfrom),
+        Allowed {
+            name: "socket",
+            nr: libc::SYS_socket,
+            arg: Some((0, &[libc::AF_INET as u32, libc::AF_INET6 as u32])),
+        },
+        // The answer: the socket (SCM_RIGHTS) or an error, then our copy of the socket closes.
+        any("sendmsg", libc::SYS_sendmsg),
+        any("close", libc::SYS_close),
+        // Rust's debug builds check that a new OwnedFd is open (fcntl F_GETFD).
+        any("fcntl", libc::SYS_fcntl),
+        // Building an answer allocates.
+        any("brk", libc::SYS_brk),
+        any("mmap", libc::SYS_mmap),
+        any("munmap", libc::SYS_munmap),
+        any("exit_group", libc::SYS_exit_group),
+        any("rt_sigreturn", libc::SYS_rt_sigreturn),
+        any("restart_syscall", libc::SYS_restart_syscall),
+    ]
+}
+
 /// BPF instruction helpers (linux/filter.h).
 fn stmt(code: u32, k: u32) -> libc::sock_filter {
     libc::sock_filter {
@@ -271,23 +299,45 @@ pub fn install() -> Result<(), SysError> {
     install_program(&program(&allow_list(), libc::SECCOMP_RET_KILL_PROCESS))
 }
 
+/// `--enable-seccomp`, in the socket helper child once it is in the container's namespaces.
+pub fn install_for_socket_helper() -> Result<(), SysError> {
+    install_program(&program(
+        &socket_helper_allow_list(),
+        libc::SECCOMP_RET_KILL_PROCESS,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_list_has_no_duplicates_and_the_program_fits() {
-        let list = allow_list();
-        let mut numbers: Vec<c_long> = list.iter().map(|a| a.nr).collect();
-        numbers.sort_unstable();
-        numbers.dedup();
-        assert_eq!(numbers.len(), list.len());
-        let prog = program(&list, libc::SECCOMP_RET_KILL_PROCESS);
-        assert!(prog.len() < 255, "{} instructions", prog.len());
-        assert!(!list.iter().any(|a| a.nr == libc::SYS_mkdirat
-            || a.nr == libc::SYS_openat
-            || a.nr == libc::SYS_execve
-            || a.nr == libc::SYS_ptrace));
+    fn the_lists_have_no_duplicates_and_the_programs_fit() {
+        for list in [allow_list(), socket_helper_allow_list()] {
+            let mut numbers: Vec<c_long> = list.iter().map(|a| a.nr).collect();
+            numbers.sort_unstable();
+            numbers.dedup();
+            assert_eq!(numbers.len(), list.len());
+            let prog = program(&list, libc::SECCOMP_RET_KILL_PROCESS);
+            assert!(prog.len() < 255, "{} instructions", prog.len());
+            assert!(!list.iter().any(|a| a.nr == libc::SYS_mkdirat
+                || a.nr == libc::SYS_openat
+                || a.nr == libc::SYS_execve
+                || a.nr == libc::SYS_ptrace));
+        }
+        // The socket helper only makes sockets: it cannot bind, connect or listen with them.
+        let helper = socket_helper_allow_list();
+        assert!(!helper.iter().any(|a| {
+            [
+                libc::SYS_bind,
+                libc::SYS_connect,
+                libc::SYS_listen,
+                libc::SYS_setsockopt,
+                libc::SYS_ioctl,
+                libc::SYS_write,
+            ]
+            .contains(&a.nr)
+        }));
     }
 
     /// Forks a child that installs the filter, makes `call` and exits 0 if it came back;
