@@ -60,6 +60,13 @@ const fn any(name: &'static str, nr: c_long) -> Allowed {
     }
 }
 
+/// `socket` for AF_INET and AF_INET6 only: no netlink, packet or Unix sockets.
+const INET_SOCKETS: Allowed = Allowed {
+    name: "socket",
+    nr: libc::SYS_socket,
+    arg: Some((0, &[libc::AF_INET as u32, libc::AF_INET6 as u32])),
+};
+
 /// The allow-list, in groups; docs/security.md has the same groups and reasons.
 pub fn allow_list() -> Vec<Allowed> {
     let mut list = vec![
@@ -77,11 +84,7 @@ pub fn allow_list() -> Vec<Allowed> {
         any("writev", libc::SYS_writev),
         // Host sockets for the guest's flows and the forwards: TCP, UDP, ping (datagram or
         // raw ICMP sockets). AF_INET and AF_INET6 only: no netlink, packet or Unix sockets.
-        Allowed {
-            name: "socket",
-            nr: libc::SYS_socket,
-            arg: Some((0, &[libc::AF_INET as u32, libc::AF_INET6 as u32])),
-        },
+        INET_SOCKETS,
         any("connect", libc::SYS_connect),
         any("bind", libc::SYS_bind),
         any("listen", libc::SYS_listen),
@@ -170,11 +173,7 @@ pub fn socket_helper_allow_list() -> Vec<Allowed> {
     vec![
         // A request: one byte (recv is recvfrom in the kernel).
         any("recvfrom", libc::SYS_recvfrom),
-        Allowed {
-            name: "socket",
-            nr: libc::SYS_socket,
-            arg: Some((0, &[libc::AF_INET as u32, libc::AF_INET6 as u32])),
-        },
+        INET_SOCKETS,
         // The answer: the socket (SCM_RIGHTS) or an error, then our copy of the socket closes.
         any("sendmsg", libc::SYS_sendmsg),
         any("close", libc::SYS_close),
