@@ -64,18 +64,11 @@ fn congestion_control_and_docs_name() {
     }
     assert!(parse(&["--docs-name", "../benchmarks"]).is_err());
 
-    let mut doc = json!({
-        "date": "2000-01-01 00:00 UTC",
-        "machine": { "tcp_congestion_control": "cubic" },
-        "options": { "modes": ["tcp-ns-host"], "mtus": [1500], "duration_s": 1.0,
-                     "congestion_control": "cubic" },
-        "helpers": [{ "name": "slirpnet", "path": null, "version": "v" }],
-        "runs": [Run::to_json(&ok_run(HelperKind::Slirpnet, Mode::TcpNsHost, 1500, 6.0))],
-        "loopback": null,
-    });
-    let md = Summary::from_json(&doc)
-        .unwrap()
-        .markdown("benchmarks-cubic");
+    let runs = [ok_run(HelperKind::Slirpnet, Mode::TcpNsHost, 1500, 6.0)];
+    let mut doc = doc_json(&[HelperKind::Slirpnet], &runs, None);
+    doc["machine"]["tcp_congestion_control"] = json!("cubic");
+    doc["options"]["congestion_control"] = json!("cubic");
+    let md = summary(&doc).markdown("benchmarks-cubic");
     assert!(
         md.contains("congestion control in every namespace: cubic (set by `--congestion-control`")
             && md.contains("(benchmarks-cubic.svg)")
@@ -84,7 +77,7 @@ fn congestion_control_and_docs_name() {
     );
     doc["machine"]["tcp_congestion_control"] = json!("bbr");
     doc["options"]["congestion_control"] = json!(null);
-    let md = Summary::from_json(&doc).unwrap().markdown("benchmarks");
+    let md = summary(&doc).markdown("benchmarks");
     assert!(md.contains(": bbr (the kernel's default here;"), "{md}");
     assert!(md.contains("--json docs/benchmarks.json`"), "{md}");
 }
@@ -121,8 +114,13 @@ fn share_of_kernel() {
     assert_eq!(report::ratio_of(s(6.0), s(0.0)), None);
 }
 
-fn doc(helpers: &[HelperKind], runs: &[Run], loopback: Option<serde_json::Value>) -> Summary {
-    let doc = json!({
+/// A results document as the suite writes it, for checks that change a field before reading.
+fn doc_json(
+    helpers: &[HelperKind],
+    runs: &[Run],
+    loopback: Option<serde_json::Value>,
+) -> serde_json::Value {
+    json!({
         "date": "2000-01-01 00:00 UTC",
         "machine": {},
         "options": { "modes": ["tcp-ns-host", "tcp-fwd-in"], "mtus": [1500], "duration_s": 1.0 },
@@ -130,10 +128,17 @@ fn doc(helpers: &[HelperKind], runs: &[Run], loopback: Option<serde_json::Value>
             .collect::<Vec<_>>(),
         "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
         "loopback": loopback,
-    });
-    // Through text, as --docs-only reads it.
-    let text = serde_json::to_string(&doc).unwrap();
+    })
+}
+
+/// Reads `doc` through text, as --docs-only does.
+fn summary(doc: &serde_json::Value) -> Summary {
+    let text = serde_json::to_string(doc).unwrap();
     Summary::from_json(&serde_json::from_str(&text).unwrap()).unwrap()
+}
+
+fn doc(helpers: &[HelperKind], runs: &[Run], loopback: Option<serde_json::Value>) -> Summary {
+    summary(&doc_json(helpers, runs, loopback))
 }
 
 /// The kernel gets a value column and a share, no CPU/RSS/start-up columns; the loopback figure
