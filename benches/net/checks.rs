@@ -18,10 +18,15 @@ pub fn run() {
     summary_without_kernel();
 }
 
+/// The suite's command line, from string literals.
+fn parse(args: &[&str]) -> Result<cli::Options, String> {
+    cli::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+}
+
 fn helper_names() {
-    let opts = cli::parse(&["--helpers".into(), "kernel,slirpnet".into()]).unwrap();
+    let opts = parse(&["--helpers", "kernel,slirpnet"]).unwrap();
     assert_eq!(opts.helpers, [HelperKind::Kernel, HelperKind::Slirpnet]);
-    let default = cli::parse(&[]).unwrap();
+    let default = parse(&[]).unwrap();
     assert!(default.helpers.contains(&HelperKind::Kernel));
     assert_eq!(HelperKind::Kernel.label(), "kernel (veth)");
     assert!(!HelperKind::Kernel.has_process());
@@ -29,25 +34,19 @@ fn helper_names() {
 }
 
 fn slirpnet_args_keep_their_order() {
-    let args: Vec<String> = [
+    let opts = parse(&[
         "--slirpnet-arg=--busy-poll=0",
         "--slirpnet-arg",
         "--limit=tcp-flows=9",
-    ]
-    .map(String::from)
-    .to_vec();
-    let opts = cli::parse(&args).unwrap();
+    ])
+    .unwrap();
     assert_eq!(opts.slirpnet_args, ["--busy-poll=0", "--limit=tcp-flows=9"]);
-    assert!(
-        cli::parse(&["--slirpnet-arg".into()]).is_err(),
-        "needs a value"
-    );
+    assert!(parse(&["--slirpnet-arg"]).is_err(), "needs a value");
 }
 
 /// `--congestion-control` goes into a sysctl file and `--docs-name` into file names: plain words
 /// only. The report names the algorithm and whether the suite set it.
 fn congestion_control_and_docs_name() {
-    let parse = |args: &[&str]| cli::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
     let opts = parse(&[
         "--congestion-control=cubic",
         "--docs-name",
