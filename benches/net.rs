@@ -63,8 +63,8 @@ fn main() -> ExitCode {
     }
     let inner = std::env::var_os(INNER_ENV).is_some();
     if !opts.docs_only && !inner && !opts.via_cargo_bench {
-        // Built and started by `cargo test` (`--all-targets`, `--bench net`): compiling and
-        // the self-checks of the bookkeeping are the test.
+        // Built and started by `cargo test` (`test = true` in Cargo.toml): compiling and the
+        // self-checks of the bookkeeping are the test.
         checks::run();
         eprintln!(
             "net bench: not started by `cargo bench`: self-checks passed, nothing measured \
