@@ -191,8 +191,10 @@ impl Host for SystemHost {
         nix::sys::socket::recv(socket.as_raw_fd(), buf, MsgFlags::MSG_PEEK).map_err(would_block_or)
     }
 
-    fn rewind_peek(&mut self, socket: &Socket) -> io::Result<()> {
-        sock::set_peek_offset(socket.as_fd(), 0)
+    fn seek_peek(&mut self, socket: &Socket, offset: usize) -> io::Result<()> {
+        // Never past what the receive buffer can hold, far below i32::MAX.
+        let offset = i32::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        sock::set_peek_offset(socket.as_fd(), offset)
     }
 
     fn discard(&mut self, socket: &Socket, mut len: usize) -> io::Result<()> {

@@ -50,7 +50,7 @@ impl Host for NullHost {
     fn peek(&mut self, socket: &NoSocket, _: &mut [u8]) -> io::Result<usize> {
         match *socket {}
     }
-    fn rewind_peek(&mut self, socket: &NoSocket) -> io::Result<()> {
+    fn seek_peek(&mut self, socket: &NoSocket, _: usize) -> io::Result<()> {
         match *socket {}
     }
     fn discard(&mut self, socket: &NoSocket, _: usize) -> io::Result<()> {

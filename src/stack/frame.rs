@@ -107,6 +107,8 @@ pub struct TcpHeader {
     pub max_seg_size: Option<u16>,
     /// Only on SYN-ACKs.
     pub window_scale: Option<u8>,
+    /// Only on SYN-ACKs: the guest may report what it received with SACK blocks (RFC 2018).
+    pub sack_permitted: bool,
 }
 
 /// Completes a TCP frame whose `payload_len` payload bytes already sit at
@@ -120,7 +122,9 @@ pub fn finish_tcp_frame(
     header: &TcpHeader,
     payload_len: usize,
 ) -> usize {
-    debug_assert!(header.max_seg_size.is_none() && header.window_scale.is_none());
+    debug_assert!(
+        header.max_seg_size.is_none() && header.window_scale.is_none() && !header.sack_permitted
+    );
     let l4_len = TCP_HEADER_LEN + payload_len;
     let l4_start = emit_l2_l3(frame, link, src, dst, IpProtocol::Tcp, l4_len);
     let segment = &mut frame[l4_start..l4_start + l4_len];
@@ -230,7 +234,7 @@ fn tcp_repr<'a>(header: &TcpHeader, payload: &'a [u8]) -> TcpRepr<'a> {
         window_len: header.window,
         window_scale: header.window_scale,
         max_seg_size: header.max_seg_size,
-        sack_permitted: false,
+        sack_permitted: header.sack_permitted,
         sack_ranges: [None; 3],
         timestamp: None,
         payload,
@@ -554,6 +558,7 @@ mod tests {
             window: 100,
             max_seg_size: None,
             window_scale: None,
+            sack_permitted: false,
         };
         let (src, dst) = ("10.0.2.2".parse().unwrap(), "10.0.2.100".parse().unwrap());
         let mut full = frame.clone();

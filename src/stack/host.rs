@@ -36,8 +36,9 @@ pub trait Host {
     /// Copies received bytes from the current peek offset without consuming them, and
     /// advances the offset. `Ok(0)` means the peer closed and everything was peeked.
     fn peek(&mut self, socket: &Self::Socket, buf: &mut [u8]) -> io::Result<usize>;
-    /// Moves the peek offset back to the first unconsumed byte (for retransmission).
-    fn rewind_peek(&mut self, socket: &Self::Socket) -> io::Result<()>;
+    /// Moves the peek offset to `offset` bytes past the first unconsumed byte: back to it for
+    /// a retransmission of everything, into the middle to resend one hole.
+    fn seek_peek(&mut self, socket: &Self::Socket, offset: usize) -> io::Result<()>;
     /// Consumes `len` bytes already peeked (the guest acknowledged them).
     fn discard(&mut self, socket: &Self::Socket, len: usize) -> io::Result<()>;
     fn shutdown_write(&mut self, socket: &Self::Socket) -> io::Result<()>;

@@ -880,6 +880,7 @@ impl<H: Host> Stack<H> {
             window: 0,
             max_seg_size: None,
             window_scale: None,
+            sack_permitted: false,
         };
         let link = self.link_to(key.guest.ip());
         self.tx
@@ -1996,20 +1997,27 @@ fn parse_segment<'a>(packet: &TcpPacket<&'a [u8]>) -> Option<Segment<'a>> {
     }
     let mut max_seg_size = None;
     let mut window_scale = None;
-    if packet.syn() {
-        let mut options = packet.options();
-        while !options.is_empty() {
-            let Ok((rest, option)) = smoltcp::wire::TcpOption::parse(options) else {
-                break;
-            };
-            match option {
-                smoltcp::wire::TcpOption::EndOfList => break,
-                smoltcp::wire::TcpOption::MaxSegmentSize(mss) => max_seg_size = Some(mss),
-                smoltcp::wire::TcpOption::WindowScale(shift) => window_scale = Some(shift),
-                _ => {}
+    let mut sack_permitted = false;
+    let mut sack = [None; 3];
+    let mut options = packet.options();
+    while !options.is_empty() {
+        let Ok((rest, option)) = smoltcp::wire::TcpOption::parse(options) else {
+            break;
+        };
+        match option {
+            smoltcp::wire::TcpOption::EndOfList => break,
+            // RFC 9293 3.2, RFC 7323 2.2, RFC 2018 2: these count in SYNs only.
+            smoltcp::wire::TcpOption::MaxSegmentSize(mss) if packet.syn() => {
+                max_seg_size = Some(mss)
             }
-            options = rest;
+            smoltcp::wire::TcpOption::WindowScale(shift) if packet.syn() => {
+                window_scale = Some(shift)
+            }
+            smoltcp::wire::TcpOption::SackPermitted if packet.syn() => sack_permitted = true,
+            smoltcp::wire::TcpOption::SackRange(blocks) if !packet.syn() => sack = blocks,
+            _ => {}
         }
+        options = rest;
     }
     Some(Segment {
         seq: packet.seq_number().0 as u32,
@@ -2020,6 +2028,8 @@ fn parse_segment<'a>(packet: &TcpPacket<&'a [u8]>) -> Option<Segment<'a>> {
         window: packet.window_len(),
         max_seg_size,
         window_scale,
+        sack_permitted,
+        sack,
         payload: packet.payload(),
     })
 }

@@ -9,10 +9,14 @@
 //! retransmitting into a full buffer until it gives the connection up.
 //! Host → guest: bytes are peeked (`MSG_PEEK` with `SO_PEEK_OFF`) from the host socket straight
 //! into frames, so unacknowledged data stays in the kernel's receive buffer, which is our
-//! retransmission queue; acknowledged bytes are then discarded from it.
+//! retransmission queue; acknowledged bytes are then discarded from it. A guest that reports
+//! what it received with SACK blocks gets only the holes resent, peeked from their offset;
+//! without SACK, and after a timeout, we go back to the first unacknowledged byte.
 //!
 //! Read before editing: RFC 9293 (sequence space, segment acceptability), RFC 7323 (window
-//! scaling), RFC 6298 (retransmission timer). Deliberately not done: SACK, timestamps, urgent
+//! scaling), RFC 6298 (retransmission timer), RFC 2018 and 6675 (SACK, loss recovery).
+//! Deliberately not done: sending SACK blocks ourselves (out-of-order guest data waits in
+//! our queue, and an ACK for it would also have to speak for `pending`), timestamps, urgent
 //! data, simultaneous open.
 
 use std::cell::Cell;
@@ -41,6 +45,11 @@ const SEND_CHUNK: usize = 256 << 10;
 pub const GSO_PAYLOAD: usize = 65535 - 20 - 20;
 /// Out-of-order segments kept per flow.
 const MAX_OUT_OF_ORDER: usize = 64;
+/// SACK blocks remembered per flow; past this, new disjoint blocks are ignored (their bytes
+/// are resent as if lost), so a guest cannot make the scoreboard grow without bound.
+const MAX_SACKED: usize = 64;
+/// Resent ranges tracked per recovery, to notice a resend that was lost in turn.
+const MAX_RESENT: usize = 8192;
 const INITIAL_RTO: Duration = Duration::from_millis(200);
 const MAX_RTO: Duration = Duration::from_secs(30);
 /// Retransmissions without progress before the flow is reset.
@@ -75,6 +84,10 @@ pub struct Segment<'a> {
     pub window: u16,
     pub max_seg_size: Option<u16>,
     pub window_scale: Option<u8>,
+    /// SYN only.
+    pub sack_permitted: bool,
+    /// Blocks the guest received beyond its ACK (RFC 2018); not on SYNs.
+    pub sack: [Option<(u32, u32)>; 3],
     pub payload: &'a [u8],
 }
 
@@ -132,6 +145,20 @@ pub struct TcpFlow<S> {
     fin_sent: bool,
     fin_acked: bool,
     dup_acks: u8,
+    /// Both SYNs offered SACK: the guest's ACKs say which segments arrived past a hole.
+    sack_ok: bool,
+    /// What the guest's SACK blocks reported received past `snd_una`: sorted, disjoint.
+    sacked: Vec<(u32, u32)>,
+    /// In loss recovery: `snd_nxt` when it began. It ends once the guest acknowledges that.
+    recovery_point: Option<u32>,
+    /// In recovery, every hole below this was resent already.
+    resent_up_to: u32,
+    /// What this recovery resent, in the order sent (at most [`MAX_RESENT`]).
+    resent: Vec<(u32, u32)>,
+    /// Resent ranges found lost in turn, waiting to go again.
+    lost_resends: Vec<(u32, u32)>,
+    /// Holes below this sequence number wait to be resent by the next `poll_send`.
+    resend_holes_to: Option<u32>,
     rto: Duration,
     retries: u32,
     pub timer: Option<Instant>,
@@ -205,6 +232,13 @@ impl<S> TcpFlow<S> {
             fin_sent: false,
             fin_acked: false,
             dup_acks: 0,
+            sack_ok: syn.sack_permitted,
+            sacked: Vec::new(),
+            recovery_point: None,
+            resent_up_to: iss,
+            resent: Vec::new(),
+            lost_resends: Vec::new(),
+            resend_holes_to: None,
             rto: INITIAL_RTO,
             retries: 0,
             timer: None,
@@ -239,6 +273,8 @@ impl<S> TcpFlow<S> {
             window: 0,
             max_seg_size: Some(link_mss.min(0xffff) as u16),
             window_scale: Some(WINDOW_SHIFT),
+            sack_permitted: true,
+            sack: [None; 3],
             payload: &[],
         };
         let mut flow = TcpFlow::new(key, socket, &syn, iss, link_mss);
@@ -271,6 +307,7 @@ impl<S> TcpFlow<S> {
         };
         // RFC 7323: the window in a SYN is never scaled.
         self.snd_wnd = u32::from(seg.window);
+        self.sack_ok = seg.sack_permitted;
         self.mss = usize::from(seg.max_seg_size.unwrap_or(536))
             .min(link_mss)
             .max(8);
@@ -331,6 +368,7 @@ impl<S> TcpFlow<S> {
             window,
             max_seg_size: None,
             window_scale: None,
+            sack_permitted: false,
         }
     }
 
@@ -352,6 +390,7 @@ impl<S> TcpFlow<S> {
             window: self.buffer.min(0xffff) as u16,
             max_seg_size: Some(link_mss.min(0xffff) as u16),
             window_scale: self.scaling.then_some(self.window_shift),
+            sack_permitted: self.sack_ok,
         }
     }
 
@@ -445,6 +484,7 @@ impl<S> TcpFlow<S> {
         seg: &Segment,
     ) -> Result<(), Verdict> {
         let window = u32::from(seg.window) << self.snd_shift;
+        let sack_news = self.sack_ok && self.note_sack(ack, &seg.sack);
         if seq_lt(self.snd_una, ack) && seq_le(ack, self.snd_nxt) {
             let mut acked = ack.wrapping_sub(self.snd_una) as usize;
             if self.fin_sent && ack == self.snd_nxt {
@@ -461,30 +501,302 @@ impl<S> TcpFlow<S> {
             self.retries = 0;
             self.rto = INITIAL_RTO;
             self.timer = (self.snd_una != self.snd_nxt).then(|| now + self.rto);
+            self.sacked.retain_mut(|(start, end)| {
+                if seq_lt(*start, ack) {
+                    *start = ack;
+                }
+                seq_lt(ack, *end)
+            });
+            if let Some(point) = self.recovery_point {
+                if seq_le(point, ack) {
+                    self.end_recovery();
+                } else {
+                    // A partial ACK: it answers a resent hole, and the link keeps order, so
+                    // whatever below the recovery point is neither acknowledged nor SACKed now
+                    // was lost too (RFC 6582's NewReno rule, with SACK's knowledge).
+                    self.resend_holes_to = Some(point);
+                }
+            }
         } else if ack == self.snd_una
             && seg.payload.is_empty()
             && !seg.fin
             && self.snd_una != self.snd_nxt
-            && window == self.snd_wnd
+            && if self.sack_ok {
+                // RFC 6675 2: with SACK, only an ACK that reports newly received data counts
+                // (one with only a D-SACK block is the guest telling us it got a copy twice).
+                sack_news
+            } else {
+                window == self.snd_wnd
+            }
         {
             self.dup_acks = self.dup_acks.saturating_add(1);
-            if self.dup_acks == 3 {
+            if self.dup_acks == 3 && !self.sack_ok {
                 self.rewind(host)?;
             }
+        }
+        if self.snd_una != self.snd_nxt && (sack_news || self.dup_acks == 3) {
+            self.on_sack_news();
+        }
+        if self.recovery_point.is_some() {
+            self.find_lost_resends();
         }
         self.snd_wnd = window;
         Ok(())
     }
 
-    /// Go back to the first unacknowledged byte (RFC 6298 5.4, go-back-N).
+    /// Merges the guest's SACK blocks (those within what is in flight) into `sacked`;
+    /// returns whether they told anything new.
+    fn note_sack(&mut self, ack: u32, blocks: &[Option<(u32, u32)>; 3]) -> bool {
+        let floor = if seq_lt(self.snd_una, ack) && seq_le(ack, self.snd_nxt) {
+            ack
+        } else {
+            self.snd_una
+        };
+        let mut news = false;
+        for &(start, end) in blocks.iter().flatten() {
+            // Blocks at or below the ACK (D-SACK, RFC 2883) or past what we sent are no news
+            // we can use; a guest cannot have received bytes we never sent.
+            if !(seq_lt(floor, start) && seq_lt(start, end) && seq_le(end, self.snd_nxt)) {
+                continue;
+            }
+            let covered = self
+                .sacked
+                .iter()
+                .any(|&(s, e)| seq_le(s, start) && seq_le(end, e));
+            if covered {
+                continue;
+            }
+            let touches_one = self
+                .sacked
+                .iter()
+                .any(|&(s, e)| seq_le(s, end) && seq_le(start, e));
+            if !touches_one && self.sacked.len() >= MAX_SACKED {
+                continue;
+            }
+            news = true;
+            let (mut start, mut end) = (start, end);
+            // Absorb every block this one touches, then insert it in order.
+            self.sacked.retain(|&(s, e)| {
+                let touches = seq_le(s, end) && seq_le(start, e);
+                if touches {
+                    start = if seq_lt(s, start) { s } else { start };
+                    end = if seq_lt(end, e) { e } else { end };
+                }
+                !touches
+            });
+            let at = self
+                .sacked
+                .iter()
+                .position(|&(s, _)| seq_lt(start, s))
+                .unwrap_or(self.sacked.len());
+            self.sacked.insert(at, (start, end));
+        }
+        news
+    }
+
+    /// New SACK blocks arrived while data is in flight: enter recovery once three segments'
+    /// worth arrived past a hole (RFC 6675's DupThresh), and resend the holes below the
+    /// highest block. Above it, segments may still be on their way.
+    fn on_sack_news(&mut self) {
+        let Some(&(_, highest)) = self.sacked.last() else {
+            return;
+        };
+        if self.recovery_point.is_none() {
+            let sacked: usize = self
+                .sacked
+                .iter()
+                .map(|&(s, e)| e.wrapping_sub(s) as usize)
+                .sum();
+            if sacked < 3 * self.mss && self.dup_acks < 3 {
+                return;
+            }
+            self.recovery_point = Some(self.snd_nxt);
+            self.resent_up_to = self.snd_una;
+        }
+        let to = match self.resend_holes_to {
+            Some(to) if seq_lt(highest, to) => to,
+            _ => highest,
+        };
+        self.resend_holes_to = Some(to);
+    }
+
+    /// Go back to the first unacknowledged byte (RFC 6298 5.4, go-back-N). What the guest
+    /// SACKed is forgotten: after a timeout it may have dropped it (RFC 2018 8).
     fn rewind<H: super::host::Host<Socket = S>>(&mut self, host: &mut H) -> Result<(), Verdict> {
-        host.rewind_peek(&self.socket).map_err(|_| Verdict::Reset)?;
+        host.seek_peek(&self.socket, 0)
+            .map_err(|_| Verdict::Reset)?;
         self.host_drained = false;
         self.snd_nxt = self.snd_una;
         if !self.fin_acked {
             self.fin_sent = false;
         }
+        self.sacked.clear();
+        self.end_recovery();
         Ok(())
+    }
+
+    fn end_recovery(&mut self) {
+        self.recovery_point = None;
+        self.resend_holes_to = None;
+        self.resent.clear();
+        self.lost_resends.clear();
+    }
+
+    /// The link keeps order, so once the guest has a range we resent, it has every range
+    /// resent before it too, or that one was lost again: those go once more, or only the
+    /// timer (and go-back-N) would repair them.
+    fn find_lost_resends(&mut self) {
+        let una = self.snd_una;
+        let sacked = &self.sacked;
+        let arrived = |&(start, end): &(u32, u32)| {
+            seq_le(end, una)
+                || sacked
+                    .iter()
+                    .any(|&(s, e)| seq_le(s, start) && seq_le(end, e))
+        };
+        let Some(last_arrived) = self.resent.iter().rposition(arrived) else {
+            return;
+        };
+        let mut lost = Vec::new();
+        let mut index = 0;
+        self.resent.retain(|range| {
+            let before = index < last_arrived;
+            index += 1;
+            if arrived(range) {
+                return false;
+            }
+            if before {
+                lost.push(*range);
+            }
+            !before
+        });
+        if !lost.is_empty() {
+            self.lost_resends.extend(lost);
+            self.resend_holes_to.get_or_insert(una);
+        }
+    }
+
+    /// Resends resends found lost, then what lies below `resend_holes_to` and is neither
+    /// acknowledged, SACKed nor resent already in this recovery, peeking each hole at its
+    /// offset; the peek offset then returns to where new data continues.
+    fn resend_holes<H: super::host::Host<Socket = S>>(
+        &mut self,
+        host: &mut H,
+        link: Link,
+        tx: &mut Tx,
+    ) -> Result<(), Verdict> {
+        let Some(mut to) = self.resend_holes_to.take() else {
+            return Ok(());
+        };
+        // The FIN is not data to peek: if it was lost, the timer resends it.
+        let data_end = self.snd_nxt.wrapping_sub(u32::from(self.fin_sent));
+        if seq_lt(data_end, to) {
+            to = data_end;
+        }
+        let mut resent = false;
+        for (start, end) in std::mem::take(&mut self.lost_resends) {
+            // Part of it may have been acknowledged since.
+            let start = if seq_lt(start, self.snd_una) {
+                self.snd_una
+            } else {
+                start
+            };
+            if seq_lt(start, end) && seq_le(end, data_end) {
+                self.resend_range(host, link, tx, start, end)?;
+                resent = true;
+            }
+        }
+        let mut cursor = if seq_lt(self.snd_una, self.resent_up_to) {
+            self.resent_up_to
+        } else {
+            self.snd_una
+        };
+        let blocks = self.sacked.clone();
+        for (start, end) in blocks.into_iter().chain([(to, to)]) {
+            if !seq_lt(cursor, to) {
+                break;
+            }
+            let hole_end = if seq_lt(start, to) { start } else { to };
+            if seq_lt(cursor, hole_end) {
+                self.resend_range(host, link, tx, cursor, hole_end)?;
+                resent = true;
+                cursor = hole_end;
+            }
+            if seq_lt(start, to) && seq_lt(cursor, end) {
+                cursor = end;
+            }
+        }
+        if seq_lt(self.resent_up_to, cursor) {
+            self.resent_up_to = cursor;
+        }
+        if resent {
+            let offset = data_end.wrapping_sub(self.snd_una) as usize;
+            host.seek_peek(&self.socket, offset)
+                .map_err(|_| Verdict::Reset)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `start..end` again, in segments, peeked at their offset.
+    fn resend_range<H: super::host::Host<Socket = S>>(
+        &mut self,
+        host: &mut H,
+        link: Link,
+        tx: &mut Tx,
+        mut start: u32,
+        end: u32,
+    ) -> Result<(), Verdict> {
+        let max = if self.gso { GSO_PAYLOAD } else { self.mss };
+        while seq_lt(start, end) {
+            let offset = start.wrapping_sub(self.snd_una) as usize;
+            host.seek_peek(&self.socket, offset)
+                .map_err(|_| Verdict::Reset)?;
+            let len = (end.wrapping_sub(start) as usize).min(max);
+            let n = match self.peek_segment(host, link, tx, start, len) {
+                Ok(n) if n > 0 => n,
+                // These bytes were peeked before, so they are there: a failed peek means
+                // the socket broke.
+                _ => return Err(Verdict::Reset),
+            };
+            if self.resent.len() < MAX_RESENT {
+                self.resent.push((start, start.wrapping_add(n as u32)));
+            }
+            start = start.wrapping_add(n as u32);
+        }
+        Ok(())
+    }
+
+    /// Peeks up to `len` bytes at the host socket's peek offset into a frame carrying them
+    /// from sequence number `seq`, and queues it. `Ok(0)`: the host peer closed and
+    /// everything was peeked; no frame is queued then, nor on an error.
+    fn peek_segment<H: super::host::Host<Socket = S>>(
+        &self,
+        host: &mut H,
+        link: Link,
+        tx: &mut Tx,
+        seq: u32,
+        len: usize,
+    ) -> io::Result<usize> {
+        let offset = tcp_payload_offset(self.key.guest.ip());
+        let mut frame = tx.buffer(offset + len);
+        let n = match host.peek(&self.socket, &mut frame[offset..offset + len]) {
+            Ok(n) if n > 0 => n,
+            other => {
+                tx.recycle(frame);
+                return other;
+            }
+        };
+        let header = self.header(TcpControl::None, seq);
+        let (src, dst) = (self.key.remote.ip(), self.key.guest.ip());
+        if n > self.mss {
+            let (frame_len, gso) =
+                finish_tcp_gso_frame(&mut frame, link, src, dst, &header, n, self.mss);
+            tx.push_gso(frame, frame_len, gso);
+        } else {
+            let frame_len = finish_tcp_frame(&mut frame, link, src, dst, &header, n);
+            tx.push(frame, frame_len);
+        }
+        Ok(n)
     }
 
     fn on_data<H: super::host::Host<Socket = S>>(
@@ -682,10 +994,12 @@ impl<S> TcpFlow<S> {
         if self.state != TcpState::Established {
             return Verdict::Keep;
         }
+        if let Err(verdict) = self.resend_holes(host, link, tx) {
+            return verdict;
+        }
         if self.host_drained {
             return self.poll_close();
         }
-        let offset = tcp_payload_offset(self.key.guest.ip());
         while !self.fin_sent {
             let in_flight = self.snd_nxt.wrapping_sub(self.snd_una);
             let room = self.snd_wnd.saturating_sub(in_flight) as usize;
@@ -696,10 +1010,8 @@ impl<S> TcpFlow<S> {
             }
             let max = if self.gso { GSO_PAYLOAD } else { self.mss };
             let len = room.min(max);
-            let mut frame = tx.buffer(offset + len);
-            match host.peek(&self.socket, &mut frame[offset..offset + len]) {
+            match self.peek_segment(host, link, tx, self.snd_nxt, len) {
                 Ok(0) => {
-                    tx.recycle(frame);
                     self.host_eof = true;
                     let header = self.header(TcpControl::Fin, self.snd_nxt);
                     tx.push_tcp(link, self.key.remote.ip(), self.key.guest.ip(), &header);
@@ -709,16 +1021,6 @@ impl<S> TcpFlow<S> {
                     self.timer.get_or_insert(now + self.rto);
                 }
                 Ok(n) => {
-                    let header = self.header(TcpControl::None, self.snd_nxt);
-                    let (src, dst) = (self.key.remote.ip(), self.key.guest.ip());
-                    if n > self.mss {
-                        let (frame_len, gso) =
-                            finish_tcp_gso_frame(&mut frame, link, src, dst, &header, n, self.mss);
-                        tx.push_gso(frame, frame_len, gso);
-                    } else {
-                        let frame_len = finish_tcp_frame(&mut frame, link, src, dst, &header, n);
-                        tx.push(frame, frame_len);
-                    }
                     self.snd_nxt = self.snd_nxt.wrapping_add(n as u32);
                     self.ack_due = false;
                     self.timer.get_or_insert(now + self.rto);
@@ -730,14 +1032,10 @@ impl<S> TcpFlow<S> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    tx.recycle(frame);
                     self.host_drained = true;
                     break;
                 }
-                Err(_) => {
-                    tx.recycle(frame);
-                    return Verdict::Reset;
-                }
+                Err(_) => return Verdict::Reset,
             }
         }
         self.poll_close()
@@ -844,5 +1142,107 @@ mod tests {
             let shift = window_shift_for(buffer);
             assert!(buffer >> shift <= 0xffff, "{buffer}");
         }
+    }
+
+    const ISS: u32 = 0xffff_f000;
+
+    /// An established flow with `in_flight` bytes sent to the guest from [`ISS`] + 1, which
+    /// wraps the sequence space on the way.
+    fn flow_with_in_flight(in_flight: u32) -> TcpFlow<()> {
+        let syn = Segment {
+            seq: 1000,
+            ack: None,
+            syn: true,
+            fin: false,
+            rst: false,
+            window: 0xffff,
+            max_seg_size: Some(1000),
+            window_scale: Some(7),
+            sack_permitted: true,
+            sack: [None; 3],
+            payload: &[],
+        };
+        let key = FlowKey {
+            guest: "10.0.2.100:40000".parse().unwrap(),
+            remote: "192.0.2.1:80".parse().unwrap(),
+        };
+        let mut flow = TcpFlow::new(key, (), &syn, ISS, 1000);
+        flow.state = TcpState::Established;
+        flow.snd_una = ISS.wrapping_add(1);
+        flow.snd_nxt = flow.snd_una.wrapping_add(in_flight);
+        flow
+    }
+
+    fn at(offset: u32) -> u32 {
+        ISS.wrapping_add(1).wrapping_add(offset)
+    }
+
+    #[test]
+    fn sack_blocks_outside_what_is_in_flight_are_ignored() {
+        let mut flow = flow_with_in_flight(10_000);
+        let una = flow.snd_una;
+        let blocks = [
+            // At or below the ACK (a D-SACK), past what we sent, and backwards.
+            Some((at(0), at(1000))),
+            Some((at(9000), at(11_000))),
+            Some((at(5000), at(4000))),
+        ];
+        assert!(!flow.note_sack(una, &blocks));
+        assert!(flow.sacked.is_empty());
+    }
+
+    #[test]
+    fn sack_blocks_merge_in_order_across_acks() {
+        let mut flow = flow_with_in_flight(10_000);
+        let una = flow.snd_una;
+        assert!(flow.note_sack(una, &[Some((at(6000), at(7000))), None, None]));
+        assert!(flow.note_sack(una, &[Some((at(2000), at(3000))), None, None]));
+        // Touching the first from below and overlapping it: one block.
+        assert!(flow.note_sack(una, &[Some((at(5000), at(6500))), None, None]));
+        // Nothing new.
+        assert!(!flow.note_sack(una, &[Some((at(2000), at(2500))), None, None]));
+        assert_eq!(
+            flow.sacked,
+            [(at(2000), at(3000)), (at(5000), at(7000))],
+            "sorted and disjoint"
+        );
+    }
+
+    #[test]
+    fn a_guest_cannot_grow_the_sack_scoreboard_without_bound() {
+        let mut flow = flow_with_in_flight(1 << 20);
+        let una = flow.snd_una;
+        for i in 0..10_000u32 {
+            // Disjoint one-byte blocks, every other byte.
+            let start = at(2 + 2 * i);
+            flow.note_sack(una, &[Some((start, start.wrapping_add(1))), None, None]);
+        }
+        assert_eq!(flow.sacked.len(), MAX_SACKED);
+        // A block touching known ones still counts: it fills the gap between the first two.
+        let (start, end) = flow.sacked[0];
+        assert!(flow.note_sack(una, &[Some((end, end.wrapping_add(1))), None, None]));
+        assert_eq!(flow.sacked[0], (start, end.wrapping_add(2)));
+        assert_eq!(flow.sacked.len(), MAX_SACKED - 1);
+    }
+
+    #[test]
+    fn a_resend_sent_before_one_that_arrived_was_lost() {
+        let mut flow = flow_with_in_flight(10_000);
+        flow.recovery_point = Some(flow.snd_nxt);
+        flow.resent = vec![
+            (at(0), at(1000)),
+            (at(3000), at(4000)),
+            (at(6000), at(7000)),
+        ];
+        // The guest reports the second resend, not the first: the first was lost again.
+        flow.sacked = vec![(at(3000), at(5000))];
+        flow.find_lost_resends();
+        assert_eq!(flow.lost_resends, [(at(0), at(1000))]);
+        // The third may still be on its way.
+        assert_eq!(flow.resent, [(at(6000), at(7000))]);
+        assert!(
+            flow.resend_holes_to.is_some(),
+            "the lost one waits to go again"
+        );
     }
 }

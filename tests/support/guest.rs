@@ -83,6 +83,9 @@ pub struct Impairment {
     pub seed: u64,
     /// Each direction's latency: a round trip takes twice this.
     pub one_way_delay: Duration,
+    /// The guest's SYNs lose their SACK-permitted option on the way, as from a guest without
+    /// SACK (smoltcp always offers it): the stack must recover without SACK blocks.
+    pub strip_sack_permitted: bool,
 }
 
 impl Impairment {
@@ -257,6 +260,12 @@ impl<H: TestHost> Harness<H> {
         let now = self.guest_now();
         self.iface.poll(now, &mut self.wire, &mut self.sockets);
         self.impairment.apply(&mut self.wire.from_guest);
+        if self.impairment.strip_sack_permitted {
+            self.wire
+                .from_guest
+                .iter_mut()
+                .for_each(|frame| strip_sack_permitted(frame));
+        }
         let now = self.now();
         let release = now + self.impairment.one_way_delay;
         self.to_stack
@@ -470,6 +479,46 @@ pub struct SeenTcp {
     /// The window scale option (SYN-ACKs only).
     pub window_scale: Option<u8>,
     pub payload_len: usize,
+}
+
+/// Overwrites a TCP SYN's SACK-permitted option (IPv4) with two no-ops. The checksum goes
+/// stale, which the stack does not check.
+fn strip_sack_permitted(frame: &mut [u8]) {
+    use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket};
+    let Ok(mut eth) = EthernetFrame::new_checked(&mut frame[..]) else {
+        return;
+    };
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return;
+    }
+    let Ok(mut ip) = Ipv4Packet::new_checked(eth.payload_mut()) else {
+        return;
+    };
+    if ip.next_header() != IpProtocol::Tcp {
+        return;
+    }
+    let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) else {
+        return;
+    };
+    if !tcp.syn() {
+        return;
+    }
+    let options = tcp.options_mut();
+    let mut at = 0;
+    while at < options.len() {
+        match options[at] {
+            0 => break,
+            1 => at += 1,
+            kind => {
+                let len = usize::from(*options.get(at + 1).unwrap_or(&0)).max(2);
+                if kind == 4 && len == 2 {
+                    options[at] = 1;
+                    options[at + 1] = 1;
+                }
+                at += len;
+            }
+        }
+    }
 }
 
 /// The TCP headers among `frames` (IPv4), in order.

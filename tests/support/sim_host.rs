@@ -6,7 +6,7 @@
 //! calls [`SimHost::drain`]; a full buffer refuses with `WouldBlock`, as a non-blocking socket
 //! does. Download: the peer has [`SimHost::download`] to send, delivered into a receive buffer
 //! of [`SimHost::receive_buffer`] bytes as fast as it is consumed; `peek` reads it from the
-//! peek offset and advances it (`SO_PEEK_OFF`), `rewind_peek` and `discard` work as on a real
+//! peek offset and advances it (`SO_PEEK_OFF`), `seek_peek` and `discard` work as on a real
 //! socket. There is no epoll: readiness is a queue of tokens the harness hands to the stack.
 //! UDP, ping and listening sockets are not simulated (`Unsupported`).
 
@@ -189,10 +189,17 @@ impl Host for SimHost {
         Ok(n)
     }
 
-    fn rewind_peek(&mut self, socket: &SimSocket) -> io::Result<()> {
-        self.rewinds += 1;
-        let conn = self.conn(socket);
-        conn.peeked = conn.consumed;
+    fn seek_peek(&mut self, socket: &SimSocket, offset: usize) -> io::Result<()> {
+        if offset == 0 {
+            self.rewinds += 1;
+        }
+        let receive_buffer = self.receive_buffer;
+        let conn = &mut self.connections[socket.0];
+        if conn.consumed + offset > conn.available(receive_buffer) {
+            // The kernel would accept it and peek nothing: a caller's mistake either way.
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        conn.peeked = conn.consumed + offset;
         Ok(())
     }
 
