@@ -109,6 +109,8 @@ pub struct TcpHeader {
     pub window_scale: Option<u8>,
     /// Only on SYN-ACKs: the guest may report what it received with SACK blocks (RFC 2018).
     pub sack_permitted: bool,
+    /// Only on pure ACKs: guest data we hold past a hole (RFC 2018).
+    pub sack: [Option<(u32, u32)>; 3],
 }
 
 /// Completes a TCP frame whose `payload_len` payload bytes already sit at
@@ -123,7 +125,10 @@ pub fn finish_tcp_frame(
     payload_len: usize,
 ) -> usize {
     debug_assert!(
-        header.max_seg_size.is_none() && header.window_scale.is_none() && !header.sack_permitted
+        header.max_seg_size.is_none()
+            && header.window_scale.is_none()
+            && !header.sack_permitted
+            && header.sack == [None; 3]
     );
     let l4_len = TCP_HEADER_LEN + payload_len;
     let l4_start = emit_l2_l3(frame, link, src, dst, IpProtocol::Tcp, l4_len);
@@ -235,7 +240,7 @@ fn tcp_repr<'a>(header: &TcpHeader, payload: &'a [u8]) -> TcpRepr<'a> {
         window_scale: header.window_scale,
         max_seg_size: header.max_seg_size,
         sack_permitted: header.sack_permitted,
-        sack_ranges: [None; 3],
+        sack_ranges: header.sack,
         timestamp: None,
         payload,
     }
@@ -559,6 +564,7 @@ mod tests {
             max_seg_size: None,
             window_scale: None,
             sack_permitted: false,
+            sack: [None; 3],
         };
         let (src, dst) = ("10.0.2.2".parse().unwrap(), "10.0.2.100".parse().unwrap());
         let mut full = frame.clone();

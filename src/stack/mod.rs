@@ -881,6 +881,7 @@ impl<H: Host> Stack<H> {
             max_seg_size: None,
             window_scale: None,
             sack_permitted: false,
+            sack: [None; 3],
         };
         let link = self.link_to(key.guest.ip());
         self.tx

@@ -15,9 +15,8 @@
 //!
 //! Read before editing: RFC 9293 (sequence space, segment acceptability), RFC 7323 (window
 //! scaling), RFC 6298 (retransmission timer), RFC 2018 and 6675 (SACK, loss recovery).
-//! Deliberately not done: sending SACK blocks ourselves (out-of-order guest data waits in
-//! our queue, and an ACK for it would also have to speak for `pending`), timestamps, urgent
-//! data, simultaneous open.
+//! Guest → host, our duplicate ACKs carry SACK blocks for the out-of-order data we keep.
+//! Deliberately not done: timestamps, urgent data, simultaneous open.
 
 use std::cell::Cell;
 use std::io;
@@ -48,8 +47,9 @@ const MAX_OUT_OF_ORDER: usize = 64;
 /// SACK blocks remembered per flow; past this, new disjoint blocks are ignored (their bytes
 /// are resent as if lost), so a guest cannot make the scoreboard grow without bound.
 const MAX_SACKED: usize = 64;
-/// Resent ranges tracked per recovery, to notice a resend that was lost in turn.
-const MAX_RESENT: usize = 8192;
+/// Resent ranges tracked per recovery, to notice a resend that was lost in turn (with GSO,
+/// up to 64 KiB each); past this, a lost resend waits for the timer.
+const MAX_RESENT: usize = 1024;
 const INITIAL_RTO: Duration = Duration::from_millis(200);
 const MAX_RTO: Duration = Duration::from_secs(30);
 /// Retransmissions without progress before the flow is reset.
@@ -123,6 +123,8 @@ pub struct TcpFlow<S> {
     /// The window scale we offer, large enough for `buffer`.
     window_shift: u8,
     out_of_order: Vec<(u32, Vec<u8>)>,
+    /// Sequence number of the out-of-order segment that arrived last (the first SACK block).
+    latest_out_of_order: Option<u32>,
     /// Sequence number of the guest's FIN once every byte before it arrived.
     guest_fin_seq: Option<u32>,
     guest_fin_forwarded: bool,
@@ -219,6 +221,7 @@ impl<S> TcpFlow<S> {
             buffer: RECEIVE_BUFFER,
             window_shift: WINDOW_SHIFT,
             out_of_order: Vec::new(),
+            latest_out_of_order: None,
             guest_fin_seq: None,
             guest_fin_forwarded: false,
             iss,
@@ -369,6 +372,7 @@ impl<S> TcpFlow<S> {
             max_seg_size: None,
             window_scale: None,
             sack_permitted: false,
+            sack: [None; 3],
         }
     }
 
@@ -391,6 +395,7 @@ impl<S> TcpFlow<S> {
             max_seg_size: Some(link_mss.min(0xffff) as u16),
             window_scale: self.scaling.then_some(self.window_shift),
             sack_permitted: self.sack_ok,
+            sack: [None; 3],
         }
     }
 
@@ -409,10 +414,45 @@ impl<S> TcpFlow<S> {
         self.last_ack_sent.get() != Some((self.ack_point, self.window_field()))
     }
 
-    /// A pure ACK carrying our current window.
+    /// A pure ACK carrying our current window, and SACK blocks for what we hold past a hole.
     pub fn ack_header(&mut self) -> TcpHeader {
         self.ack_due = false;
-        self.header(TcpControl::None, self.snd_nxt)
+        let mut header = self.header(TcpControl::None, self.snd_nxt);
+        // Only while every in-order byte is acknowledged: bytes still in `pending` lie
+        // between the ACK number and the first block, and a block cannot start at the ACK
+        // number (Linux ignores such a block), so the guest would count them lost.
+        if self.sack_ok && self.ack_point == self.rcv_next() {
+            header.sack = self.sack_blocks();
+        }
+        header
+    }
+
+    /// Up to three runs of out-of-order data: the one holding the latest segment first
+    /// (RFC 2018 4), then the highest others, the likeliest to be the most recent.
+    fn sack_blocks(&self) -> [Option<(u32, u32)>; 3] {
+        let mut runs: Vec<(u32, u32)> = self
+            .out_of_order
+            .iter()
+            .map(|(seq, data)| (*seq, seq.wrapping_add(data.len() as u32)))
+            .collect();
+        // All lie ahead of the next expected byte, within the window: their distance from it
+        // orders them across sequence number wrap.
+        let expected = self.rcv_next();
+        runs.sort_by_key(|&(start, _)| std::cmp::Reverse(start.wrapping_sub(expected)));
+        if let Some(latest) = self.latest_out_of_order {
+            if let Some(at) = runs
+                .iter()
+                .position(|&(start, end)| seq_le(start, latest) && seq_lt(latest, end))
+            {
+                let run = runs.remove(at);
+                runs.insert(0, run);
+            }
+        }
+        let mut blocks = [None; 3];
+        for (block, run) in blocks.iter_mut().zip(runs) {
+            *block = Some(run);
+        }
+        blocks
     }
 
     /// The RST that tells the guest the host side failed.
@@ -649,10 +689,10 @@ impl<S> TcpFlow<S> {
         let una = self.snd_una;
         let sacked = &self.sacked;
         let arrived = |&(start, end): &(u32, u32)| {
-            seq_le(end, una)
-                || sacked
-                    .iter()
-                    .any(|&(s, e)| seq_le(s, start) && seq_le(end, e))
+            // `sacked` is sorted: the one block that could hold the range starts at or
+            // before it.
+            let after = sacked.partition_point(|&(s, _)| seq_le(s, start));
+            seq_le(end, una) || (after > 0 && seq_le(end, sacked[after - 1].1))
         };
         let Some(last_arrived) = self.resent.iter().rposition(arrived) else {
             return;
@@ -818,6 +858,7 @@ impl<S> TcpFlow<S> {
             }
         } else if seq_lt(expected, seg.seq) && !seg.payload.is_empty() {
             self.queue_out_of_order(expected, seg.seq, seg.payload);
+            self.latest_out_of_order = Some(seg.seq);
             self.ack_now = true;
         } else if !seg.payload.is_empty() {
             // Old duplicate: our ACK was probably lost.
@@ -1223,6 +1264,49 @@ mod tests {
         assert!(flow.note_sack(una, &[Some((end, end.wrapping_add(1))), None, None]));
         assert_eq!(flow.sacked[0], (start, end.wrapping_add(2)));
         assert_eq!(flow.sacked.len(), MAX_SACKED - 1);
+    }
+
+    /// A flow whose guest sent 1000 bytes in order from sequence number 1001, all taken.
+    fn flow_receiving() -> TcpFlow<()> {
+        let mut flow = flow_with_in_flight(0);
+        flow.rcv_acked = 2001;
+        flow.ack_point = 2001;
+        flow
+    }
+
+    #[test]
+    fn acks_carry_sack_blocks_latest_run_first() {
+        let mut flow = flow_receiving();
+        // Runs past a hole at 2001, the one at 4001 received last.
+        flow.out_of_order = vec![
+            (3001, vec![0; 500]),
+            (5001, vec![0; 100]),
+            (4001, vec![0; 200]),
+            (6001, vec![0; 50]),
+        ];
+        flow.latest_out_of_order = Some(4001);
+        let header = flow.ack_header();
+        assert_eq!(header.ack, Some(2001));
+        assert_eq!(
+            header.sack,
+            [Some((4001, 4201)), Some((6001, 6051)), Some((5001, 5101))]
+        );
+    }
+
+    #[test]
+    fn no_sack_blocks_while_in_order_bytes_wait_unacknowledged() {
+        let mut flow = flow_receiving();
+        flow.out_of_order = vec![(3001, vec![0; 500])];
+        flow.latest_out_of_order = Some(3001);
+        // 100 bytes in order that the host socket has not taken: the ACK stays at 2001, and
+        // a block at 3001 would make the guest count 2001..2101 lost.
+        flow.pending = vec![0; 100];
+        assert_eq!(flow.ack_header().sack, [None; 3]);
+        flow.pending.clear();
+        assert_eq!(flow.ack_header().sack, [Some((3001, 3501)), None, None]);
+        // Nor to a guest that did not offer SACK.
+        flow.sack_ok = false;
+        assert_eq!(flow.ack_header().sack, [None; 3]);
     }
 
     #[test]

@@ -478,6 +478,8 @@ pub struct SeenTcp {
     pub window: u16,
     /// The window scale option (SYN-ACKs only).
     pub window_scale: Option<u8>,
+    /// SACK blocks, as sent.
+    pub sack: [Option<(u32, u32)>; 3],
     pub payload_len: usize,
 }
 
@@ -544,10 +546,12 @@ pub fn tcp_to_guest(frames: &[Vec<u8>]) -> Vec<SeenTcp> {
             continue;
         };
         let mut window_scale = None;
+        let mut sack = [None; 3];
         let mut options = tcp.options();
         while let Ok((rest, option)) = TcpOption::parse(options) {
             match option {
                 TcpOption::WindowScale(s) => window_scale = Some(s),
+                TcpOption::SackRange(blocks) => sack = blocks,
                 TcpOption::EndOfList => break,
                 _ => {}
             }
@@ -559,6 +563,7 @@ pub fn tcp_to_guest(frames: &[Vec<u8>]) -> Vec<SeenTcp> {
             ack: tcp.ack().then(|| tcp.ack_number().0 as u32),
             window: tcp.window_len(),
             window_scale,
+            sack,
             payload_len: tcp.payload().len(),
         });
     }
