@@ -204,6 +204,14 @@ fn seq_le(a: u32, b: u32) -> bool {
     !seq_lt(b, a)
 }
 
+fn seq_min(a: u32, b: u32) -> u32 {
+    if seq_lt(b, a) { b } else { a }
+}
+
+fn seq_max(a: u32, b: u32) -> u32 {
+    if seq_lt(a, b) { b } else { a }
+}
+
 impl<S> TcpFlow<S> {
     /// A flow for a guest SYN whose host connect has started.
     pub fn new(key: FlowKey, socket: S, syn: &Segment, iss: u32, link_mss: usize) -> Self {
@@ -574,7 +582,7 @@ impl<S> TcpFlow<S> {
                 self.rewind(host)?;
             }
         }
-        if self.snd_una != self.snd_nxt && (sack_news || self.dup_acks == 3) {
+        if sack_news && self.snd_una != self.snd_nxt {
             self.on_sack_news();
         }
         if self.recovery_point.is_some() {
@@ -619,8 +627,8 @@ impl<S> TcpFlow<S> {
             self.sacked.retain(|&(s, e)| {
                 let touches = seq_le(s, end) && seq_le(start, e);
                 if touches {
-                    start = if seq_lt(s, start) { s } else { start };
-                    end = if seq_lt(end, e) { e } else { end };
+                    start = seq_min(start, s);
+                    end = seq_max(end, e);
                 }
                 !touches
             });
@@ -697,19 +705,12 @@ impl<S> TcpFlow<S> {
         let Some(last_arrived) = self.resent.iter().rposition(arrived) else {
             return;
         };
-        let mut lost = Vec::new();
-        let mut index = 0;
-        self.resent.retain(|range| {
-            let before = index < last_arrived;
-            index += 1;
-            if arrived(range) {
-                return false;
-            }
-            if before {
-                lost.push(*range);
-            }
-            !before
-        });
+        let lost: Vec<_> = self
+            .resent
+            .drain(..last_arrived)
+            .filter(|range| !arrived(range))
+            .collect();
+        self.resent.retain(|range| !arrived(range));
         if !lost.is_empty() {
             self.lost_resends.extend(lost);
             self.resend_holes_to.get_or_insert(una);
@@ -725,38 +726,28 @@ impl<S> TcpFlow<S> {
         link: Link,
         tx: &mut Tx,
     ) -> Result<(), Verdict> {
-        let Some(mut to) = self.resend_holes_to.take() else {
+        let Some(to) = self.resend_holes_to.take() else {
             return Ok(());
         };
         // The FIN is not data to peek: if it was lost, the timer resends it.
         let data_end = self.snd_nxt.wrapping_sub(u32::from(self.fin_sent));
-        if seq_lt(data_end, to) {
-            to = data_end;
-        }
+        let to = seq_min(to, data_end);
         let mut resent = false;
         for (start, end) in std::mem::take(&mut self.lost_resends) {
             // Part of it may have been acknowledged since.
-            let start = if seq_lt(start, self.snd_una) {
-                self.snd_una
-            } else {
-                start
-            };
+            let start = seq_max(start, self.snd_una);
             if seq_lt(start, end) && seq_le(end, data_end) {
                 self.resend_range(host, link, tx, start, end)?;
                 resent = true;
             }
         }
-        let mut cursor = if seq_lt(self.snd_una, self.resent_up_to) {
-            self.resent_up_to
-        } else {
-            self.snd_una
-        };
+        let mut cursor = seq_max(self.snd_una, self.resent_up_to);
         let blocks = self.sacked.clone();
         for (start, end) in blocks.into_iter().chain([(to, to)]) {
             if !seq_lt(cursor, to) {
                 break;
             }
-            let hole_end = if seq_lt(start, to) { start } else { to };
+            let hole_end = seq_min(start, to);
             if seq_lt(cursor, hole_end) {
                 self.resend_range(host, link, tx, cursor, hole_end)?;
                 resent = true;
@@ -766,15 +757,18 @@ impl<S> TcpFlow<S> {
                 cursor = end;
             }
         }
-        if seq_lt(self.resent_up_to, cursor) {
-            self.resent_up_to = cursor;
-        }
+        self.resent_up_to = seq_max(self.resent_up_to, cursor);
         if resent {
             let offset = data_end.wrapping_sub(self.snd_una) as usize;
             host.seek_peek(&self.socket, offset)
                 .map_err(|_| Verdict::Reset)?;
         }
         Ok(())
+    }
+
+    /// The most payload one frame to the guest carries.
+    fn segment_max(&self) -> usize {
+        if self.gso { GSO_PAYLOAD } else { self.mss }
     }
 
     /// Sends `start..end` again, in segments, peeked at their offset.
@@ -786,7 +780,7 @@ impl<S> TcpFlow<S> {
         mut start: u32,
         end: u32,
     ) -> Result<(), Verdict> {
-        let max = if self.gso { GSO_PAYLOAD } else { self.mss };
+        let max = self.segment_max();
         while seq_lt(start, end) {
             let offset = start.wrapping_sub(self.snd_una) as usize;
             host.seek_peek(&self.socket, offset)
@@ -1049,8 +1043,7 @@ impl<S> TcpFlow<S> {
                 self.timer.get_or_insert(now + self.rto);
                 break;
             }
-            let max = if self.gso { GSO_PAYLOAD } else { self.mss };
-            let len = room.min(max);
+            let len = room.min(self.segment_max());
             match self.peek_segment(host, link, tx, self.snd_nxt, len) {
                 Ok(0) => {
                     self.host_eof = true;
