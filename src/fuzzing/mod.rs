@@ -2,7 +2,8 @@
 //! (`tests/fuzz_corpus.rs`), so both drive exactly the same code. See docs/fuzzing.md.
 //!
 //! Nothing here touches the host: [`NullHost`] refuses every socket operation, and its socket
-//! type has no values, so no input can open a socket or send a packet.
+//! type has no values, so no input can open a socket or send a packet; [`sim_host::SimHost`]
+//! keeps its connections in memory.
 
 use std::ffi::OsString;
 use std::io;
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 use crate::config::NetConfig;
 use crate::stack::host::{Host, PingKind, Token};
 use crate::stack::{Limits, Stack, StackConfig};
+
+pub mod sim_host;
 
 /// A socket that cannot exist: [`NullHost`] never hands one out.
 #[derive(Debug)]

@@ -1,0 +1,294 @@
+//! An in-memory [`Host`] for tests on a virtual clock: every TCP connect reaches a simulated
+//! host peer at once, with no socket and no kernel involved.
+//!
+//! Each connection is a pair of byte pipes. Upload: what the stack sends lands in a send
+//! buffer of [`SimHost::send_buffer`] bytes that the peer application empties when the test
+//! calls [`SimHost::drain`]; a full buffer refuses with `WouldBlock`, as a non-blocking socket
+//! does. Download: the peer has [`SimHost::download`] to send, delivered into a receive buffer
+//! of [`SimHost::receive_buffer`] bytes as fast as it is consumed; `peek` reads it from the
+//! peek offset and advances it (`SO_PEEK_OFF`), `seek_peek` and `discard` work as on a real
+//! socket. There is no epoll: readiness is a queue of tokens the harness hands to the stack
+//! ([`SimHost::dispatch`]). UDP, ping and listening sockets are not simulated (`Unsupported`).
+//!
+//! It serves the virtual-clock tests (tests/core_vclock.rs) and the `flows` fuzz target, so
+//! it checks what a kernel socket would not: a stack that discards or seeks past the bytes
+//! delivered, or sends after shutting down writing, has a bug, and the simulation panics.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::stack::Stack;
+use crate::stack::host::{Host, PingKind, Token};
+
+/// A socket of the simulated host: an index into [`SimHost::connections`].
+#[derive(Debug)]
+pub struct SimSocket(usize);
+
+/// One connection's state, as its host peer sees it.
+#[derive(Debug)]
+pub struct Connection {
+    pub token: Token,
+    pub dst: SocketAddr,
+    /// Everything the peer application read, in order.
+    pub received: Vec<u8>,
+    /// Bytes in the send buffer, not read by the peer yet.
+    unread: usize,
+    /// A send was refused for want of room: the next drain makes the socket writable.
+    send_blocked: bool,
+    /// The stack shut down writing (the guest's FIN reached the peer).
+    pub write_shut: bool,
+    /// The stack reset the connection.
+    pub aborted: bool,
+    download: Rc<[u8]>,
+    /// Downloaded bytes the stack consumed (the guest acknowledged them).
+    pub consumed: usize,
+    /// Where the next peek starts, from the start of the download.
+    peeked: usize,
+    /// The furthest any peek reached: the stack never sent the guest anything beyond, so it
+    /// cannot have been acknowledged.
+    peeked_max: usize,
+}
+
+pub struct SimHost {
+    /// Bytes each new connection's peer sends, then closes its side.
+    pub download: Rc<[u8]>,
+    /// The host socket's send buffer: what the stack can send before the peer reads.
+    pub send_buffer: usize,
+    /// The host socket's receive buffer: how much of the download is delivered ahead of what
+    /// the stack consumed (`usize::MAX`: all of it at once).
+    pub receive_buffer: usize,
+    pub connections: Vec<Connection>,
+    /// Readiness not yet handed to the stack: token, readable, writable.
+    ready: VecDeque<(Token, bool, bool)>,
+    /// Bytes peeked, retransmissions included, and how often the peek offset was rewound.
+    pub peeked_bytes: u64,
+    pub rewinds: u64,
+    /// The most bytes ever peeked and not yet consumed (in flight to the guest).
+    pub max_in_flight: usize,
+}
+
+impl Default for SimHost {
+    fn default() -> Self {
+        SimHost {
+            download: Rc::from(Vec::new()),
+            send_buffer: 4 << 20,
+            receive_buffer: usize::MAX,
+            connections: Vec::new(),
+            ready: VecDeque::new(),
+            peeked_bytes: 0,
+            rewinds: 0,
+            max_in_flight: 0,
+        }
+    }
+}
+
+impl Connection {
+    fn available(&self, receive_buffer: usize) -> usize {
+        self.consumed
+            .saturating_add(receive_buffer)
+            .min(self.download.len())
+    }
+}
+
+fn unsupported<T>() -> io::Result<T> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+impl SimHost {
+    /// A host whose peers send `download` on every connection.
+    pub fn with_download(download: Vec<u8>) -> Self {
+        SimHost {
+            download: Rc::from(download),
+            ..SimHost::default()
+        }
+    }
+
+    /// Queues readiness for `token`, merged with what is already queued for it.
+    fn wake(&mut self, token: Token, readable: bool, writable: bool) {
+        match self.ready.iter_mut().find(|(t, ..)| *t == token) {
+            Some((_, r, w)) => {
+                *r |= readable;
+                *w |= writable;
+            }
+            None => self.ready.push_back((token, readable, writable)),
+        }
+    }
+
+    /// The peer application reads everything in connection `index`'s send buffer; the socket
+    /// becomes writable if a send was refused. Returns how many bytes it read.
+    pub fn drain(&mut self, index: usize) -> usize {
+        let conn = &mut self.connections[index];
+        let n = std::mem::take(&mut conn.unread);
+        if n > 0 && std::mem::take(&mut conn.send_blocked) {
+            let token = conn.token;
+            self.wake(token, false, true);
+        }
+        n
+    }
+
+    /// Hands the stack what is ready now: handling it may make more ready, for the next call.
+    pub fn dispatch(stack: &mut Stack<Self>, now: Instant) {
+        let ready = std::mem::take(&mut stack.host.ready);
+        for (token, readable, writable) in ready {
+            // The simulation does not say when the peer closed: the stack must assume it may.
+            stack.handle_host_event(now, token, readable, writable, true);
+        }
+    }
+
+    /// Readiness waits to be dispatched.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    fn conn(&mut self, socket: &SimSocket) -> &mut Connection {
+        &mut self.connections[socket.0]
+    }
+}
+
+impl Host for SimHost {
+    type Socket = SimSocket;
+
+    fn tcp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<SimSocket> {
+        self.connections.push(Connection {
+            token,
+            dst,
+            received: Vec::new(),
+            unread: 0,
+            send_blocked: false,
+            write_shut: false,
+            aborted: false,
+            download: self.download.clone(),
+            consumed: 0,
+            peeked: 0,
+            peeked_max: 0,
+        });
+        // Connected by the next event, with the peer's data (or its EOF) waiting.
+        self.wake(token, true, true);
+        Ok(SimSocket(self.connections.len() - 1))
+    }
+
+    fn connect_result(&mut self, _: &SimSocket) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn send(&mut self, socket: &SimSocket, buf: &[u8]) -> io::Result<usize> {
+        let capacity = self.send_buffer;
+        let conn = self.conn(socket);
+        assert!(
+            !conn.write_shut,
+            "the stack sent after shutting down writing"
+        );
+        let n = buf.len().min(capacity - conn.unread);
+        if n == 0 && !buf.is_empty() {
+            conn.send_blocked = true;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        conn.received.extend_from_slice(&buf[..n]);
+        conn.unread += n;
+        Ok(n)
+    }
+
+    fn peek(&mut self, socket: &SimSocket, buf: &mut [u8]) -> io::Result<usize> {
+        let receive_buffer = self.receive_buffer;
+        let conn = &mut self.connections[socket.0];
+        let available = conn.available(receive_buffer);
+        if conn.peeked == available {
+            if available == conn.download.len() {
+                // The peer closed after its last byte.
+                return Ok(0);
+            }
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(available - conn.peeked);
+        buf[..n].copy_from_slice(&conn.download[conn.peeked..conn.peeked + n]);
+        conn.peeked += n;
+        conn.peeked_max = conn.peeked_max.max(conn.peeked);
+        let in_flight = conn.peeked - conn.consumed;
+        self.peeked_bytes += n as u64;
+        self.max_in_flight = self.max_in_flight.max(in_flight);
+        Ok(n)
+    }
+
+    fn seek_peek(&mut self, socket: &SimSocket, offset: usize) -> io::Result<()> {
+        if offset == 0 {
+            self.rewinds += 1;
+        }
+        let conn = &mut self.connections[socket.0];
+        // A resend starts within what was sent: the kernel would accept any offset (and peek
+        // nothing past its data), but anything further is a bug in the stack.
+        assert!(
+            conn.consumed + offset <= conn.peeked_max,
+            "the stack moved the peek offset {offset} past the {} bytes it ever peeked",
+            conn.peeked_max - conn.consumed
+        );
+        conn.peeked = conn.consumed + offset;
+        Ok(())
+    }
+
+    fn discard(&mut self, socket: &SimSocket, len: usize) -> io::Result<()> {
+        let receive_buffer = self.receive_buffer;
+        let conn = &mut self.connections[socket.0];
+        let before = conn.available(receive_buffer);
+        assert!(
+            conn.consumed + len <= conn.peeked_max,
+            "the stack discarded {len} bytes, {} more than it ever peeked",
+            conn.consumed + len - conn.peeked_max
+        );
+        conn.consumed += len;
+        conn.peeked = conn.peeked.max(conn.consumed);
+        if conn.available(receive_buffer) > before {
+            // The peer's next bytes arrived in the room made.
+            let token = conn.token;
+            self.wake(token, true, false);
+        }
+        Ok(())
+    }
+
+    fn shutdown_write(&mut self, socket: &SimSocket) -> io::Result<()> {
+        self.conn(socket).write_shut = true;
+        Ok(())
+    }
+
+    fn abort(&mut self, socket: SimSocket) {
+        self.conn(&socket).aborted = true;
+    }
+
+    fn udp_connect(&mut self, _: SocketAddr, _: Token) -> io::Result<SimSocket> {
+        unsupported()
+    }
+
+    fn recv(&mut self, _: &SimSocket, _: &mut [u8]) -> io::Result<usize> {
+        unsupported()
+    }
+
+    fn send_segments(&mut self, _: &SimSocket, _: &[u8], _: usize) -> io::Result<usize> {
+        unsupported()
+    }
+
+    fn tcp_listen(&mut self, _: SocketAddr, _: Token) -> io::Result<(SimSocket, SocketAddr)> {
+        unsupported()
+    }
+
+    fn accept(&mut self, _: &SimSocket, _: Token) -> io::Result<(SimSocket, SocketAddr)> {
+        unsupported()
+    }
+
+    fn udp_bind(&mut self, _: SocketAddr, _: Token) -> io::Result<(SimSocket, SocketAddr)> {
+        unsupported()
+    }
+
+    fn recv_from(&mut self, _: &SimSocket, _: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        unsupported()
+    }
+
+    fn send_to(&mut self, _: &SimSocket, _: &[u8], _: SocketAddr) -> io::Result<usize> {
+        unsupported()
+    }
+
+    fn ping_connect(&mut self, _: IpAddr, _: Token) -> io::Result<(SimSocket, PingKind)> {
+        unsupported()
+    }
+}
