@@ -842,6 +842,13 @@ impl<S> TcpFlow<S> {
         let len = seg.payload.len() as u32;
         let end = seg.seq.wrapping_add(len);
         self.ack_due = true;
+        if self.guest_fin_seq.is_some() {
+            // The guest's stream ended at its FIN: a segment now is a retransmission, or
+            // bytes past the end from a broken guest, which must not reach a host socket
+            // already shut down for writing. Either way, only our ACK answers it.
+            self.ack_now = true;
+            return self.forward_fin(host);
+        }
         if seq_le(seg.seq, expected) && seq_lt(expected, end) {
             let skip = expected.wrapping_sub(seg.seq) as usize;
             self.accept(host, &seg.payload[skip..])?;
@@ -867,6 +874,8 @@ impl<S> TcpFlow<S> {
             let expected = self.rcv_next();
             if end == expected {
                 self.guest_fin_seq = Some(end);
+                // Nothing the guest sent past its end is part of the stream.
+                self.out_of_order.clear();
             }
         }
         self.forward_fin(host)
