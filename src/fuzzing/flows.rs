@@ -376,10 +376,15 @@ impl Driver {
         }
     }
 
-    /// The most guest payload one frame may carry: the MSS, or 64 KiB with GSO.
+    /// The most guest payload one frame may carry: the MSS, or 64 KiB with GSO; either way
+    /// leaving room in one IPv4 packet for the largest TCP header (SACK blocks).
     fn segment_max(&self) -> usize {
-        // Room for the largest TCP header (SACK blocks) in one IPv4 packet.
-        if self.gso { 65535 - 20 - 60 } else { self.mss }
+        const MAX_PAYLOAD: usize = 65535 - 20 - 60;
+        if self.gso {
+            MAX_PAYLOAD
+        } else {
+            self.mss.min(MAX_PAYLOAD)
+        }
     }
 
     fn guest_ack(&self) -> u32 {
