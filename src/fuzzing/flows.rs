@@ -36,10 +36,10 @@ const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
 const GUEST_PORT: u16 = 40000;
 /// A test-network address (RFC 2544): nothing is sent anywhere, the host is simulated.
 const REMOTE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), 80);
-/// Each step of the liveness phase advances the clock this much; it gives up after enough
-/// steps in which the stack sent nothing to cover the longest retransmission timeout.
+/// Each step of the liveness phase advances the clock this much, or to the stack's next
+/// timer if that is later; it gives up after this many steps in which the stack sent nothing.
 const SETTLE_STEP: Duration = Duration::from_millis(500);
-const SETTLE_PATIENCE: u32 = 70;
+const SETTLE_PATIENCE: u32 = 4;
 const SETTLE_MAX_STEPS: u32 = 4000;
 
 /// Byte `offset` of a stream: a scramble of the offset, so bytes carried at the wrong place
@@ -679,7 +679,8 @@ impl Driver {
                 }
             }
             self.well_behaved_ack(0xffff);
-            self.now += SETTLE_STEP;
+            let timer = self.stack.poll_at().map(|at| at.saturating_duration_since(self.now));
+            self.now += timer.unwrap_or_default().max(SETTLE_STEP);
             self.pump();
             let progress = (self.uploaded(), self.guest.contiguous());
             if progress == (self.guest.sent, self.download_len) {
