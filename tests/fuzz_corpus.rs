@@ -525,6 +525,7 @@ const BULK: Setup = Setup {
     // Sequence numbers wrap within the first 4 KiB.
     guest_isn: 0xffff_f000,
     small_flow_buffer: false,
+    announced_mss: 0,
     download: 200_000,
 };
 
@@ -640,6 +641,35 @@ fn flows_seeds() -> Vec<(&'static str, Vec<u8>, usize)> {
                 ],
             ),
             120_000,
+        ),
+        (
+            "seed-small-mss",
+            encode_flows(
+                Setup {
+                    announced_mss: 3,
+                    gso: true,
+                    ..BULK
+                },
+                &[
+                    Op::Send(3000),
+                    Op::Lose(2),
+                    Op::Ack(0xffff),
+                    Op::Ack(0xffff),
+                    Op::Ack(0xffff),
+                ],
+            ),
+            3000,
+        ),
+        (
+            "seed-no-mss-option",
+            encode_flows(
+                Setup {
+                    announced_mss: 1,
+                    ..BULK
+                },
+                &[Op::Send(1000), Op::Ack(0xffff)],
+            ),
+            1000,
         ),
         (
             "seed-out-of-order-upload",

@@ -135,6 +135,9 @@ struct Driver {
     frames_seen: u64,
     /// Bytes of the host peer's `received` already checked.
     upload_checked: usize,
+    /// The MSS option of the guest's SYN, and the largest segment the stack may send it.
+    announced_mss: Option<u16>,
+    peer_mss: usize,
     /// The TAP takes GSO frames: guest segments of up to 64 KiB whatever the MTU.
     gso: bool,
     download_len: usize,
@@ -166,10 +169,18 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
     let send_buffer = [1 << 10, 16 << 10, 256 << 10, 4 << 20][usize::from(config_bits >> 4 & 3)];
     let receive_buffer = [4 << 10, 64 << 10, 1 << 20, usize::MAX][usize::from(config_bits >> 6)];
     let guest_isn = input.u32();
-    let flow_buffer = if input.u8() & 1 != 0 {
+    let more_bits = input.u8();
+    let flow_buffer = if more_bits & 1 != 0 {
         16 << 10
     } else {
         Limits::default().flow_buffer
+    };
+    // The MSS the guest's SYN announces: its link's, none (RFC 9293 says 536 then), or small.
+    let announced_mss = match more_bits >> 1 & 3 {
+        0 => Some(mtu as u16 - 40),
+        1 => None,
+        2 => Some(536),
+        _ => Some(64),
     };
     // Up to 256 KiB: enough for many segments in flight, small enough to run fast.
     let download_len = usize::from(input.u16()) * 4;
@@ -189,6 +200,7 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
         gso,
         ipv6: false,
     };
+    let peer_mss = usize::from(announced_mss.unwrap_or(536));
     let now = Instant::now();
     let mut driver = Driver {
         stack: Stack::new(host, config, now),
@@ -210,6 +222,8 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
         mss: mtu - 40,
         frames_seen: 0,
         upload_checked: 0,
+        announced_mss,
+        peer_mss,
         gso,
         download_len,
     };
@@ -241,7 +255,7 @@ impl Driver {
             seq: self.guest.isn,
             ack: None,
             window: 0xffff,
-            max_seg_size: Some(self.mss as u16),
+            max_seg_size: self.announced_mss,
             window_scale: offer_scale.then_some(7),
             sack_permitted: offer_sack,
             ..self.header()
@@ -525,6 +539,12 @@ impl Driver {
                 "frame of {} bytes over the MTU",
                 frame.len
             );
+            let mss = frame.gso.as_ref().map(|gso| usize::from(gso.mss));
+            assert!(
+                mss.is_none_or(|mss| mss <= self.peer_mss),
+                "GSO frame cut at {mss:?}, more than the guest's MSS {}",
+                self.peer_mss
+            );
             if let Some((seq, ack, control)) =
                 self.read_segment(&frame.buf[..frame.len], frame.gso.is_none())
             {
@@ -577,6 +597,12 @@ impl Driver {
             return Some((seq, ack, control));
         }
         let payload = tcp.payload();
+        assert!(
+            !check_sum || payload.len() <= self.peer_mss,
+            "a segment of {} bytes, more than the guest's MSS {}",
+            payload.len(),
+            self.peer_mss
+        );
         if (!payload.is_empty() || tcp.fin()) && self.guest.lose > 0 {
             self.guest.lose -= 1;
             return None;
@@ -679,7 +705,10 @@ impl Driver {
                 }
             }
             self.well_behaved_ack(0xffff);
-            let timer = self.stack.poll_at().map(|at| at.saturating_duration_since(self.now));
+            let timer = self
+                .stack
+                .poll_at()
+                .map(|at| at.saturating_duration_since(self.now));
             self.now += timer.unwrap_or_default().max(SETTLE_STEP);
             self.pump();
             let progress = (self.uploaded(), self.guest.contiguous());
@@ -722,6 +751,8 @@ pub struct Setup {
     pub guest_isn: u32,
     /// `--limit flow-buffer=16K` instead of the default.
     pub small_flow_buffer: bool,
+    /// The MSS option of the guest's SYN: its link's, none, 536, 64 (0–3).
+    pub announced_mss: u8,
     /// What the host peer sends (rounded down to a multiple of 4, at most 256 KiB).
     pub download: usize,
 }
@@ -768,7 +799,7 @@ pub fn encode(setup: Setup, ops: &[Op]) -> Vec<u8> {
             | (setup.receive_buffer & 3) << 6,
     ];
     out.extend_from_slice(&setup.guest_isn.to_be_bytes());
-    out.push(u8::from(setup.small_flow_buffer));
+    out.push(u8::from(setup.small_flow_buffer) | (setup.announced_mss & 3) << 1);
     out.extend_from_slice(&((setup.download / 4).min(0xffff) as u16).to_be_bytes());
     for op in ops {
         match *op {
