@@ -526,6 +526,7 @@ const BULK: Setup = Setup {
     guest_isn: 0xffff_f000,
     small_flow_buffer: false,
     announced_mss: 0,
+    forwarded: false,
     download: 200_000,
 };
 
@@ -672,6 +673,43 @@ fn flows_seeds() -> Vec<(&'static str, Vec<u8>, usize)> {
             1000,
         ),
         (
+            "seed-forward-bulk",
+            encode_flows(
+                Setup {
+                    forwarded: true,
+                    ..BULK
+                },
+                &[
+                    Op::Batch(FULL),
+                    Op::Ack(0xffff),
+                    Op::Drain,
+                    Op::Batch(FULL),
+                    Op::Wait(1),
+                ],
+            ),
+            14 * 1460,
+        ),
+        (
+            "seed-forward-lossy-no-scale",
+            encode_flows(
+                Setup {
+                    forwarded: true,
+                    window_scale: false,
+                    receive_buffer: 1,
+                    ..BULK
+                },
+                &[
+                    Op::Ack(0xffff),
+                    Op::Lose(4),
+                    Op::Ack(0xffff),
+                    Op::Ack(0xffff),
+                    Op::Ack(0xffff),
+                    Op::Ack(0xffff),
+                ],
+            ),
+            0,
+        ),
+        (
             "seed-out-of-order-upload",
             encode_flows(
                 BULK,
@@ -734,6 +772,9 @@ fn flows_seeds_carry_every_byte_both_ways() {
         assert_eq!(outcome.downloaded, BULK.download, "{name}: {outcome:?}");
         // The lossy seeds reach loss recovery: with SACK only the three lost segments are
         // resent; without, everything from the first loss on.
+        if name.contains("lossy") {
+            assert!(outcome.resent > 0, "{name}: {outcome:?}");
+        }
         match name {
             "seed-lossy-download-sack" => assert_eq!(outcome.resent, 3 * 1460, "{outcome:?}"),
             "seed-lossy-download-no-sack" => assert!(outcome.resent > 2 * 1460, "{outcome:?}"),

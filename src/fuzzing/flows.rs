@@ -23,19 +23,24 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet,
-    TcpControl, TcpPacket,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, IpAddress, IpProtocol, Ipv4Packet, TcpControl, TcpPacket,
 };
 
 use super::sim_host::SimHost;
 use crate::config::NetConfig;
+use crate::stack::forward::Proto;
 use crate::stack::frame::{Link, TcpHeader, build_tcp_frame};
 use crate::stack::{Limits, Stack, StackConfig};
 
 const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
+/// The guest connects from this port to [`REMOTE`]; or, on a forward, [`REMOTE_CLIENT`]
+/// connects to the forward and reaches the guest at [`FORWARDED_PORT`].
 const GUEST_PORT: u16 = 40000;
-/// A test-network address (RFC 2544): nothing is sent anywhere, the host is simulated.
+/// Test-network addresses (RFC 2544): nothing is sent anywhere, the host is simulated.
 const REMOTE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), 80);
+const REMOTE_CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9)), 50000);
+const FORWARDED_PORT: u16 = 8080;
 /// Each step of the liveness phase advances the clock this much, or to the stack's next
 /// timer if that is later; it gives up after this many steps in which the stack sent nothing.
 const SETTLE_STEP: Duration = Duration::from_millis(500);
@@ -141,6 +146,9 @@ struct Driver {
     /// The TAP takes GSO frames: guest segments of up to 64 KiB whatever the MTU.
     gso: bool,
     download_len: usize,
+    /// The host side's address as the guest sees it, and the guest's port.
+    remote: SocketAddr,
+    guest_port: u16,
 }
 
 /// What [`drive_flows`] saw, for the corpus replay test.
@@ -184,6 +192,8 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
     };
     // Up to 256 KiB: enough for many segments in flight, small enough to run fast.
     let download_len = usize::from(input.u16()) * 4;
+    // The host peer connects to a port forward, instead of the guest to the host.
+    let forwarded = more_bits & 8 != 0;
 
     let mut host = SimHost::with_download(stream(0, download_len, DOWNLOAD_SALT));
     host.send_buffer = send_buffer;
@@ -226,9 +236,20 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
         peer_mss,
         gso,
         download_len,
+        remote: if forwarded { REMOTE_CLIENT } else { REMOTE },
+        guest_port: if forwarded {
+            FORWARDED_PORT
+        } else {
+            GUEST_PORT
+        },
     };
     let mut outcome = FlowsOutcome::default();
-    if !driver.handshake(offer_sack, offer_scale) {
+    let established = if forwarded {
+        driver.accept_forwarded(offer_sack, offer_scale)
+    } else {
+        driver.handshake(offer_sack, offer_scale)
+    };
+    if !established {
         return outcome;
     }
     outcome.established = true;
@@ -285,11 +306,77 @@ impl Driver {
         true
     }
 
+    /// A host peer connects to a port forward to the guest; the guest answers the stack's SYN
+    /// with a SYN-ACK carrying its options, and the stack's ACK completes the handshake.
+    fn accept_forwarded(&mut self, offer_sack: bool, offer_scale: bool) -> bool {
+        // The guest makes its link address known, as a guest does before any peer reaches
+        // it (otherwise the stack asks with ARP first).
+        self.send_arp_request();
+        let guest = SocketAddr::new(Self::guest_ip(), FORWARDED_PORT);
+        let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, FORWARDED_PORT));
+        self.stack
+            .add_forward(Proto::Tcp, any, guest)
+            .expect("the simulated host listens");
+        self.stack.host.connect_from(REMOTE_CLIENT);
+        SimHost::dispatch(&mut self.stack, self.now);
+        // The SYN goes out from the flow's timer, armed for now.
+        self.stack.poll_timers(self.now);
+        self.stack.flush();
+        let mut syn = None;
+        self.collect(|seq, ack, control| {
+            if control == TcpControl::Syn {
+                syn = Some((seq, ack));
+            }
+        });
+        let Some((peer_isn, ack)) = syn else {
+            return false;
+        };
+        assert_eq!(ack, None, "the stack's SYN carries an ACK");
+        self.guest.peer_isn = peer_isn;
+        self.guest.peer_high = peer_isn.wrapping_add(1);
+        self.guest.peer_ack = self.guest.isn.wrapping_add(1);
+        let syn_ack = TcpHeader {
+            control: TcpControl::Syn,
+            seq: self.guest.isn,
+            ack: Some(peer_isn.wrapping_add(1)),
+            window: 0xffff,
+            max_seg_size: self.announced_mss,
+            window_scale: offer_scale.then_some(7),
+            sack_permitted: offer_sack,
+            ..self.header()
+        };
+        self.send(&syn_ack, &[]);
+        self.pump();
+        true
+    }
+
+    fn send_arp_request(&mut self) {
+        let arp = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: GUEST_MAC,
+            source_protocol_addr: NetConfig::default().guest,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: NetConfig::default().gateway,
+        };
+        let mut frame = vec![0; 14 + arp.buffer_len()];
+        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+        EthernetRepr {
+            src_addr: GUEST_MAC,
+            dst_addr: EthernetAddress::BROADCAST,
+            ethertype: EthernetProtocol::Arp,
+        }
+        .emit(&mut eth);
+        arp.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
+        self.stack.handle_frame(self.now, &frame);
+        self.stack.flush();
+        self.collect(|_, _, _| {});
+    }
+
     /// A bare ACK header from the guest at its next sequence number.
     fn header(&self) -> TcpHeader {
         TcpHeader {
-            src_port: GUEST_PORT,
-            dst_port: REMOTE.port(),
+            src_port: self.guest_port,
+            dst_port: self.remote.port(),
             control: TcpControl::None,
             seq: self.seq_at(self.guest.sent),
             ack: Some(self.guest.peer_high),
@@ -320,7 +407,7 @@ impl Driver {
             &mut frame,
             link,
             Self::guest_ip(),
-            REMOTE.ip(),
+            self.remote.ip(),
             header,
             payload,
         );
@@ -579,7 +666,7 @@ impl Driver {
                 "bad TCP checksum"
             );
         }
-        if tcp.dst_port() != GUEST_PORT || tcp.src_port() != REMOTE.port() {
+        if tcp.dst_port() != self.guest_port || tcp.src_port() != self.remote.port() {
             return None;
         }
         let seq = tcp.seq_number().0 as u32;
@@ -753,6 +840,8 @@ pub struct Setup {
     pub small_flow_buffer: bool,
     /// The MSS option of the guest's SYN: its link's, none, 536, 64 (0–3).
     pub announced_mss: u8,
+    /// A host peer connects to a port forward, instead of the guest to the host.
+    pub forwarded: bool,
     /// What the host peer sends (rounded down to a multiple of 4, at most 256 KiB).
     pub download: usize,
 }
@@ -799,7 +888,11 @@ pub fn encode(setup: Setup, ops: &[Op]) -> Vec<u8> {
             | (setup.receive_buffer & 3) << 6,
     ];
     out.extend_from_slice(&setup.guest_isn.to_be_bytes());
-    out.push(u8::from(setup.small_flow_buffer) | (setup.announced_mss & 3) << 1);
+    out.push(
+        u8::from(setup.small_flow_buffer)
+            | (setup.announced_mss & 3) << 1
+            | u8::from(setup.forwarded) << 3,
+    );
     out.extend_from_slice(&((setup.download / 4).min(0xffff) as u16).to_be_bytes());
     for op in ops {
         match *op {

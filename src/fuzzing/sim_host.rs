@@ -8,7 +8,9 @@
 //! of [`SimHost::receive_buffer`] bytes as fast as it is consumed; `peek` reads it from the
 //! peek offset and advances it (`SO_PEEK_OFF`), `seek_peek` and `discard` work as on a real
 //! socket. There is no epoll: readiness is a queue of tokens the harness hands to the stack
-//! ([`SimHost::dispatch`]). UDP, ping and listening sockets are not simulated (`Unsupported`).
+//! ([`SimHost::dispatch`]). One TCP listener (a port forward) is simulated: host peers
+//! connect to it with [`SimHost::connect_from`], and each accepted connection serves the same
+//! download. UDP and ping sockets are not simulated (`Unsupported`).
 //!
 //! It serves the virtual-clock tests (tests/core_vclock.rs) and the `flows` fuzz target, so
 //! it checks what a kernel socket would not: a stack that discards or seeks past the bytes
@@ -68,7 +70,14 @@ pub struct SimHost {
     pub rewinds: u64,
     /// The most bytes ever peeked and not yet consumed (in flight to the guest).
     pub max_in_flight: usize,
+    /// The listener's token, once the stack listens.
+    listener: Option<Token>,
+    /// Host peers that connected to the listener and wait to be accepted.
+    waiting_peers: VecDeque<SocketAddr>,
 }
+
+/// The listener's socket: it is not an index into the connections.
+const LISTENER: usize = usize::MAX;
 
 impl Default for SimHost {
     fn default() -> Self {
@@ -81,6 +90,8 @@ impl Default for SimHost {
             peeked_bytes: 0,
             rewinds: 0,
             max_in_flight: 0,
+            listener: None,
+            waiting_peers: VecDeque::new(),
         }
     }
 }
@@ -143,18 +154,19 @@ impl SimHost {
         !self.ready.is_empty()
     }
 
-    fn conn(&mut self, socket: &SimSocket) -> &mut Connection {
-        &mut self.connections[socket.0]
+    /// A host peer at `peer` connects to the listener; the stack hears of it at the next
+    /// dispatch. Panics if nothing listens.
+    pub fn connect_from(&mut self, peer: SocketAddr) {
+        let token = self.listener.expect("a peer connects, but nothing listens");
+        self.waiting_peers.push_back(peer);
+        self.wake(token, true, false);
     }
-}
 
-impl Host for SimHost {
-    type Socket = SimSocket;
-
-    fn tcp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<SimSocket> {
+    /// A new connection, ready at the next dispatch with the peer's data (or its EOF).
+    fn open(&mut self, peer: SocketAddr, token: Token) -> SimSocket {
         self.connections.push(Connection {
             token,
-            dst,
+            dst: peer,
             received: Vec::new(),
             unread: 0,
             send_blocked: false,
@@ -165,11 +177,21 @@ impl Host for SimHost {
             peeked: 0,
             peeked_max: 0,
         });
-        // Connected by the next event, with the peer's data (or its EOF) waiting.
         self.wake(token, true, true);
-        Ok(SimSocket(self.connections.len() - 1))
+        SimSocket(self.connections.len() - 1)
     }
 
+    fn conn(&mut self, socket: &SimSocket) -> &mut Connection {
+        &mut self.connections[socket.0]
+    }
+}
+
+impl Host for SimHost {
+    type Socket = SimSocket;
+
+    fn tcp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<SimSocket> {
+        Ok(self.open(dst, token))
+    }
     fn connect_result(&mut self, _: &SimSocket) -> io::Result<()> {
         Ok(())
     }
@@ -268,12 +290,30 @@ impl Host for SimHost {
         unsupported()
     }
 
-    fn tcp_listen(&mut self, _: SocketAddr, _: Token) -> io::Result<(SimSocket, SocketAddr)> {
-        unsupported()
+    fn tcp_listen(
+        &mut self,
+        addr: SocketAddr,
+        token: Token,
+    ) -> io::Result<(SimSocket, SocketAddr)> {
+        if self.listener.is_some() {
+            return Err(io::ErrorKind::AddrInUse.into());
+        }
+        self.listener = Some(token);
+        let port = if addr.port() == 0 { 40000 } else { addr.port() };
+        Ok((SimSocket(LISTENER), SocketAddr::new(addr.ip(), port)))
     }
 
-    fn accept(&mut self, _: &SimSocket, _: Token) -> io::Result<(SimSocket, SocketAddr)> {
-        unsupported()
+    fn accept(
+        &mut self,
+        listener: &SimSocket,
+        token: Token,
+    ) -> io::Result<(SimSocket, SocketAddr)> {
+        assert_eq!(listener.0, LISTENER, "accept on a connection");
+        let peer = self
+            .waiting_peers
+            .pop_front()
+            .ok_or(io::ErrorKind::WouldBlock)?;
+        Ok((self.open(peer, token), peer))
     }
 
     fn udp_bind(&mut self, _: SocketAddr, _: Token) -> io::Result<(SimSocket, SocketAddr)> {
