@@ -271,32 +271,14 @@ impl Driver {
 
     /// Sends the guest's SYN, lets the host connect, and ACKs the SYN-ACK.
     fn handshake(&mut self, offer_sack: bool, offer_scale: bool) -> bool {
-        let syn = TcpHeader {
-            control: TcpControl::Syn,
-            seq: self.guest.isn,
-            ack: None,
-            window: 0xffff,
-            max_seg_size: self.announced_mss,
-            window_scale: offer_scale.then_some(7),
-            sack_permitted: offer_sack,
-            ..self.header()
-        };
+        let syn = self.syn(None, offer_sack, offer_scale);
         self.send(&syn, &[]);
         SimHost::dispatch(&mut self.stack, self.now);
-        self.stack.flush();
-        let mut syn_ack = None;
-        self.collect(|seq, ack, control| {
-            if control == TcpControl::Syn {
-                syn_ack = Some((seq, ack));
-            }
-        });
-        let Some((peer_isn, ack)) = syn_ack else {
+        let Some((peer_isn, ack)) = self.take_syn() else {
             return false;
         };
         assert_eq!(ack, Some(self.guest.isn.wrapping_add(1)), "SYN-ACK's ACK");
-        self.guest.peer_isn = peer_isn;
-        self.guest.peer_high = peer_isn.wrapping_add(1);
-        self.guest.peer_ack = self.guest.isn.wrapping_add(1);
+        self.start_streams(peer_isn);
         let ack = TcpHeader {
             ack: Some(peer_isn.wrapping_add(1)),
             ..self.header()
@@ -321,6 +303,33 @@ impl Driver {
         SimHost::dispatch(&mut self.stack, self.now);
         // The SYN goes out from the flow's timer, armed for now.
         self.stack.poll_timers(self.now);
+        let Some((peer_isn, ack)) = self.take_syn() else {
+            return false;
+        };
+        assert_eq!(ack, None, "the stack's SYN carries an ACK");
+        self.start_streams(peer_isn);
+        let syn_ack = self.syn(Some(peer_isn.wrapping_add(1)), offer_sack, offer_scale);
+        self.send(&syn_ack, &[]);
+        self.pump();
+        true
+    }
+
+    /// The guest's SYN (or SYN-ACK, with `ack`) with the options the input chose.
+    fn syn(&self, ack: Option<u32>, offer_sack: bool, offer_scale: bool) -> TcpHeader {
+        TcpHeader {
+            control: TcpControl::Syn,
+            seq: self.guest.isn,
+            ack,
+            window: 0xffff,
+            max_seg_size: self.announced_mss,
+            window_scale: offer_scale.then_some(7),
+            sack_permitted: offer_sack,
+            ..self.header()
+        }
+    }
+
+    /// Flushes the stack and returns the sequence and ACK numbers of the SYN it sent, if any.
+    fn take_syn(&mut self) -> Option<(u32, Option<u32>)> {
         self.stack.flush();
         let mut syn = None;
         self.collect(|seq, ack, control| {
@@ -328,26 +337,14 @@ impl Driver {
                 syn = Some((seq, ack));
             }
         });
-        let Some((peer_isn, ack)) = syn else {
-            return false;
-        };
-        assert_eq!(ack, None, "the stack's SYN carries an ACK");
+        syn
+    }
+
+    /// Both streams start after the SYNs: the stack's at `peer_isn + 1`.
+    fn start_streams(&mut self, peer_isn: u32) {
         self.guest.peer_isn = peer_isn;
         self.guest.peer_high = peer_isn.wrapping_add(1);
         self.guest.peer_ack = self.guest.isn.wrapping_add(1);
-        let syn_ack = TcpHeader {
-            control: TcpControl::Syn,
-            seq: self.guest.isn,
-            ack: Some(peer_isn.wrapping_add(1)),
-            window: 0xffff,
-            max_seg_size: self.announced_mss,
-            window_scale: offer_scale.then_some(7),
-            sack_permitted: offer_sack,
-            ..self.header()
-        };
-        self.send(&syn_ack, &[]);
-        self.pump();
-        true
     }
 
     fn send_arp_request(&mut self) {
