@@ -834,3 +834,26 @@ fn bytes_a_guest_sends_after_its_fin_never_reach_the_host() {
     assert_eq!(outcome.uploaded, 2800);
     assert_eq!(outcome.downloaded, BULK.download);
 }
+
+#[test]
+fn a_host_peer_s_reset_ends_the_flow_with_a_reset_to_the_guest() {
+    // The host delivers 4 KiB at a time, so the stack still reads the socket when the
+    // peer resets it; the driver also checks that no flow is left.
+    let setup = Setup {
+        receive_buffer: 0,
+        ..BULK
+    };
+    let data = encode_flows(
+        setup,
+        &[
+            Op::Send(1000),
+            Op::Ack(0xffff),
+            Op::HostReset,
+            Op::Ack(0xffff),
+        ],
+    );
+    let outcome = drive_flows(&data);
+    assert!(outcome.established);
+    assert!(outcome.reset_by_stack, "{outcome:?}");
+    assert!(outcome.downloaded < BULK.download, "{outcome:?}");
+}

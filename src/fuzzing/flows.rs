@@ -110,6 +110,8 @@ struct Guest {
     peer_fin: bool,
     /// This many more of the stack's data or FIN segments are lost on the way.
     lose: u8,
+    /// The stack sent a RST.
+    reset_seen: bool,
     /// The furthest download offset the guest acknowledged: it claims those bytes.
     acked: usize,
     /// The input made the guest send a FIN, SYN or RST after the handshake, or ACK bytes it
@@ -138,6 +140,8 @@ struct Driver {
     mss: usize,
     /// Frames the stack sent to the guest.
     frames_seen: u64,
+    /// The host peer reset the connection: the flow must end.
+    host_reset: bool,
     /// Bytes of the host peer's `received` already checked.
     upload_checked: usize,
     /// The MSS option of the guest's SYN, and the largest segment the stack may send it.
@@ -163,6 +167,8 @@ pub struct FlowsOutcome {
     pub liveness_checked: bool,
     /// Download bytes peeked more than once (resent).
     pub resent: u64,
+    /// The stack reset the connection towards the guest.
+    pub reset_by_stack: bool,
 }
 
 /// The `flows` target. Input: a header of 8 bytes (configuration, guest ISN, download size),
@@ -224,6 +230,7 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
             contiguous: 0,
             peer_fin: false,
             lose: 0,
+            reset_seen: false,
             acked: 0,
             unruly: false,
         },
@@ -231,6 +238,7 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
         mtu,
         mss: mtu - 40,
         frames_seen: 0,
+        host_reset: false,
         upload_checked: 0,
         announced_mss,
         peer_mss,
@@ -261,6 +269,7 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
     outcome.downloaded = driver.guest.contiguous();
     let host = &driver.stack.host;
     outcome.resent = host.peeked_bytes.saturating_sub(download_len as u64);
+    outcome.reset_by_stack = driver.guest.reset_seen;
     outcome
 }
 
@@ -413,7 +422,7 @@ impl Driver {
 
     /// One operation of the input.
     fn step(&mut self, input: &mut Input) {
-        match input.u8() % 8 {
+        match input.u8() % 9 {
             // Any segment the input describes.
             0 => {
                 let flags = input.u8();
@@ -456,8 +465,16 @@ impl Driver {
             }
             // The stack's next data segments are lost.
             6 => self.guest.lose = input.u8() % 16,
+            // The host peer resets the connection.
+            8 => {
+                if !self.stack.host.connections.is_empty() {
+                    self.stack.host.reset(0);
+                    self.host_reset = true;
+                }
+                self.pump();
+            }
             // Several frames in one batch before the stack flushes.
-            _ => {
+            7 => {
                 let count = input.u8() % 8;
                 for _ in 0..count {
                     let len = usize::from(input.u16()) % (self.segment_max() + 1);
@@ -471,6 +488,7 @@ impl Driver {
                 }
                 self.pump();
             }
+            _ => unreachable!("opcodes are taken modulo 9"),
         }
     }
 
@@ -677,6 +695,9 @@ impl Driver {
         } else {
             TcpControl::None
         };
+        if control == TcpControl::Rst {
+            self.guest.reset_seen = true;
+        }
         if control == TcpControl::Syn || control == TcpControl::Rst {
             return Some((seq, ack, control));
         }
@@ -759,7 +780,7 @@ impl Driver {
     /// what it holds, the host peer reads, time passes. Returns whether it checked (the
     /// flow is still there and the guest kept to the stream model).
     fn settle(&mut self) -> bool {
-        if self.guest.unruly {
+        if self.guest.unruly && !self.host_reset {
             // Nothing to check against: the guest broke its own stream.
             return false;
         }
@@ -796,7 +817,7 @@ impl Driver {
             self.now += timer.unwrap_or_default().max(SETTLE_STEP);
             self.pump();
             let progress = (self.uploaded(), self.guest.contiguous());
-            if progress == (self.guest.sent, self.download_len) {
+            if progress == (self.guest.sent, self.download_len) && !self.host_reset {
                 break;
             }
             if self.frames_seen == last {
@@ -808,6 +829,13 @@ impl Driver {
                 idle = 0;
                 last = self.frames_seen;
             }
+        }
+        if self.host_reset {
+            assert_eq!(
+                self.stack.tcp_flow_count(),
+                0,
+                "the flow outlived its host socket's reset"
+            );
         }
         if self.stack.tcp_flow_count() == 0 {
             return false;
@@ -867,6 +895,8 @@ pub enum Op {
     Batch(&'static [u16]),
     /// The stack's next data (or FIN) segments, up to 15, are lost on the way to the guest.
     Lose(u8),
+    /// The host peer resets the connection.
+    HostReset,
 }
 
 /// Flags of [`Op::Segment`]: the low three bits pick the control flag, bit 3 drops the ACK,
@@ -922,6 +952,7 @@ pub fn encode(setup: Setup, ops: &[Op]) -> Vec<u8> {
                 out.extend_from_slice(&window.to_be_bytes());
             }
             Op::Lose(count) => out.extend_from_slice(&[6, count]),
+            Op::HostReset => out.push(8),
             Op::Batch(lens) => {
                 out.extend_from_slice(&[7, lens.len() as u8]);
                 for len in lens {

@@ -44,6 +44,8 @@ pub struct Connection {
     pub write_shut: bool,
     /// The stack reset the connection.
     pub aborted: bool,
+    /// The host peer reset the connection: every operation on the socket fails.
+    pub reset: bool,
     download: Rc<[u8]>,
     /// Downloaded bytes the stack consumed (the guest acknowledged them).
     pub consumed: usize,
@@ -172,6 +174,7 @@ impl SimHost {
             send_blocked: false,
             write_shut: false,
             aborted: false,
+            reset: false,
             download: self.download.clone(),
             consumed: 0,
             peeked: 0,
@@ -179,6 +182,23 @@ impl SimHost {
         });
         self.wake(token, true, true);
         SimSocket(self.connections.len() - 1)
+    }
+
+    /// The host peer of connection `index` resets it: the stack hears of it at the next
+    /// dispatch, as an error on its next operation.
+    pub fn reset(&mut self, index: usize) {
+        let conn = &mut self.connections[index];
+        conn.reset = true;
+        let token = conn.token;
+        self.wake(token, true, true);
+    }
+
+    /// `ECONNRESET` once the peer reset the connection.
+    fn check_reset(&self, socket: &SimSocket) -> io::Result<()> {
+        if self.connections[socket.0].reset {
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        Ok(())
     }
 
     fn conn(&mut self, socket: &SimSocket) -> &mut Connection {
@@ -197,6 +217,7 @@ impl Host for SimHost {
     }
 
     fn send(&mut self, socket: &SimSocket, buf: &[u8]) -> io::Result<usize> {
+        self.check_reset(socket)?;
         let capacity = self.send_buffer;
         let conn = self.conn(socket);
         assert!(
@@ -214,6 +235,7 @@ impl Host for SimHost {
     }
 
     fn peek(&mut self, socket: &SimSocket, buf: &mut [u8]) -> io::Result<usize> {
+        self.check_reset(socket)?;
         let receive_buffer = self.receive_buffer;
         let conn = &mut self.connections[socket.0];
         let available = conn.available(receive_buffer);
@@ -235,6 +257,7 @@ impl Host for SimHost {
     }
 
     fn seek_peek(&mut self, socket: &SimSocket, offset: usize) -> io::Result<()> {
+        self.check_reset(socket)?;
         if offset == 0 {
             self.rewinds += 1;
         }
@@ -251,6 +274,7 @@ impl Host for SimHost {
     }
 
     fn discard(&mut self, socket: &SimSocket, len: usize) -> io::Result<()> {
+        self.check_reset(socket)?;
         let receive_buffer = self.receive_buffer;
         let conn = &mut self.connections[socket.0];
         let before = conn.available(receive_buffer);
@@ -270,6 +294,7 @@ impl Host for SimHost {
     }
 
     fn shutdown_write(&mut self, socket: &SimSocket) -> io::Result<()> {
+        self.check_reset(socket)?;
         self.conn(socket).write_shut = true;
         Ok(())
     }
