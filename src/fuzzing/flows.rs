@@ -422,7 +422,7 @@ impl Driver {
 
     /// One operation of the input.
     fn step(&mut self, input: &mut Input) {
-        match input.u8() % 9 {
+        match input.u8() % 8 {
             // Any segment the input describes.
             0 => {
                 let flags = input.u8();
@@ -463,18 +463,8 @@ impl Driver {
                 self.well_behaved_ack(window);
                 self.pump();
             }
-            // The stack's next data segments are lost.
-            6 => self.guest.lose = input.u8() % 16,
-            // The host peer resets the connection.
-            8 => {
-                if !self.stack.host.connections.is_empty() {
-                    self.stack.host.reset(0);
-                    self.host_reset = true;
-                }
-                self.pump();
-            }
             // Several frames in one batch before the stack flushes.
-            7 => {
+            5 => {
                 let count = input.u8() % 8;
                 for _ in 0..count {
                     let len = usize::from(input.u16()) % (self.segment_max() + 1);
@@ -488,7 +478,17 @@ impl Driver {
                 }
                 self.pump();
             }
-            _ => unreachable!("opcodes are taken modulo 9"),
+            // The stack's next data segments are lost.
+            6 => self.guest.lose = input.u8() % 16,
+            // The host peer resets the connection.
+            7 => {
+                if !self.stack.host.connections.is_empty() {
+                    self.stack.host.reset(0);
+                    self.host_reset = true;
+                }
+                self.pump();
+            }
+            _ => unreachable!("opcodes are taken modulo 8"),
         }
     }
 
@@ -952,9 +952,9 @@ pub fn encode(setup: Setup, ops: &[Op]) -> Vec<u8> {
                 out.extend_from_slice(&window.to_be_bytes());
             }
             Op::Lose(count) => out.extend_from_slice(&[6, count]),
-            Op::HostReset => out.push(8),
+            Op::HostReset => out.push(7),
             Op::Batch(lens) => {
-                out.extend_from_slice(&[7, lens.len() as u8]);
+                out.extend_from_slice(&[5, lens.len() as u8]);
                 for len in lens {
                     out.extend_from_slice(&len.to_be_bytes());
                 }
