@@ -187,6 +187,10 @@ impl Host for SystemHost {
         socket.send_with_flags(buf, libc::MSG_NOSIGNAL)
     }
 
+    fn take_error(&mut self, socket: &Socket) -> io::Result<Option<io::Error>> {
+        socket.take_error()
+    }
+
     fn peek(&mut self, socket: &Socket, buf: &mut [u8]) -> io::Result<usize> {
         nix::sys::socket::recv(socket.as_raw_fd(), buf, MsgFlags::MSG_PEEK).map_err(would_block_or)
     }

@@ -857,3 +857,17 @@ fn a_host_peer_s_reset_ends_the_flow_with_a_reset_to_the_guest() {
     assert!(outcome.reset_by_stack, "{outcome:?}");
     assert!(outcome.downloaded < BULK.download, "{outcome:?}");
 }
+
+#[test]
+fn a_host_peer_s_reset_after_its_fin_ends_the_flow_too() {
+    // The peer sends nothing and closes: the stack's FIN is out, and it reads the socket no
+    // more. The driver checks no flow is left once the peer resets (it used to stay until the
+    // guest sent or closed).
+    let setup = Setup {
+        download: 0,
+        ..BULK
+    };
+    let outcome = drive_flows(&encode_flows(setup, &[Op::Ack(0xffff), Op::HostReset]));
+    assert!(outcome.established);
+    assert!(outcome.reset_by_stack, "{outcome:?}");
+}

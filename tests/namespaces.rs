@@ -542,6 +542,32 @@ result remote_secs "$secs"
     });
 }
 
+/// A host server that closes its side and then resets the connection: the guest, which sends
+/// nothing, hears of the reset at once (its socket hangs up), as it would from a kernel between
+/// them; slirpnet used to notice only when the guest next sent or closed.
+#[test]
+fn a_host_reset_after_its_fin_reaches_the_guest() {
+    let Some(out) = run(
+        "a_host_reset_after_its_fin_reaches_the_guest",
+        r#"
+setup_outer
+start_server fr opy tcp-fin-then-reset-server --addr 127.0.0.1 --port 8090
+start_guest root
+start_helper -c "$GUEST" tap0
+read -r r secs data < <(gpy tcp-wait-reset 10.0.2.2 8090 --timeout 5)
+result result "$r"
+result secs "$secs"
+result data "$data"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("data", "hello");
+    out.expect_eq("result", "RESET");
+    // The server resets 0.3 s after its FIN.
+    out.expect("secs", "under 2 s", |_| out.millis("secs") < 2000);
+}
+
 /// `--disable-host-loopback`: TCP and UDP to 10.0.2.2 no longer reach host 127.0.0.1 (TCP fails
 /// fast with unreachable/refused), ping to the gateway still answers, other traffic still
 /// flows.

@@ -63,6 +63,9 @@ impl Host for NullHost {
     fn shutdown_write(&mut self, socket: &NoSocket) -> io::Result<()> {
         match *socket {}
     }
+    fn take_error(&mut self, socket: &NoSocket) -> io::Result<Option<io::Error>> {
+        match *socket {}
+    }
     fn abort(&mut self, socket: NoSocket) {
         match socket {}
     }

@@ -293,6 +293,10 @@ impl Host for SimHost {
         Ok(())
     }
 
+    fn take_error(&mut self, socket: &SimSocket) -> io::Result<Option<io::Error>> {
+        Ok(self.check_reset(socket).err())
+    }
+
     fn shutdown_write(&mut self, socket: &SimSocket) -> io::Result<()> {
         self.check_reset(socket)?;
         self.conn(socket).write_shut = true;

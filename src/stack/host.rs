@@ -42,6 +42,9 @@ pub trait Host {
     /// Consumes `len` bytes already peeked (the guest acknowledged them).
     fn discard(&mut self, socket: &Self::Socket, len: usize) -> io::Result<()>;
     fn shutdown_write(&mut self, socket: &Self::Socket) -> io::Result<()>;
+    /// The socket's pending error (`SO_ERROR`), cleared by reading it: how a reset shows once
+    /// the peer's FIN was read, since reads then only ever return EOF.
+    fn take_error(&mut self, socket: &Self::Socket) -> io::Result<Option<io::Error>>;
     /// Closes with a reset instead of a FIN.
     fn abort(&mut self, socket: Self::Socket);
 

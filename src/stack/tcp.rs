@@ -1056,6 +1056,8 @@ impl<S> TcpFlow<S> {
             match self.peek_segment(host, link, tx, self.snd_nxt, len) {
                 Ok(0) => {
                     self.host_eof = true;
+                    // Nothing more can come; only an error can wake the socket now.
+                    self.host_drained = true;
                     let header = self.header(TcpControl::Fin, self.snd_nxt);
                     tx.push_tcp(link, self.key.remote.ip(), self.key.guest.ip(), &header);
                     self.snd_nxt = self.snd_nxt.wrapping_add(1);
@@ -1079,6 +1081,16 @@ impl<S> TcpFlow<S> {
                     break;
                 }
                 Err(_) => return Verdict::Reset,
+            }
+        }
+        if self.fin_sent && !self.host_drained {
+            // The host peer closed and all it sent was read, yet its socket reported an
+            // event: a reset after its FIN, most likely. The guest must hear of it, as it
+            // would from a kernel, instead of holding a half-open connection to nobody. Reads
+            // return only EOF now; the socket's error says which.
+            self.host_drained = true;
+            if !matches!(host.take_error(&self.socket), Ok(None)) {
+                return Verdict::Reset;
             }
         }
         self.poll_close()

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import select
 import socket
 import struct
 import sys
@@ -74,6 +75,24 @@ def cmd_tcp_download_server(a):
             c.close()
 
     serve_tcp(a.addr, a.port, handle, a.ready, a.log)
+
+
+def cmd_tcp_fin_then_reset_server(a):
+    """Sends "hello", closes its side (FIN), and a moment later resets the connection."""
+
+    def handle(c):
+        try:
+            c.sendall(b"hello")
+            c.shutdown(socket.SHUT_WR)
+            time.sleep(0.3)
+            # Linger on, for zero seconds: close() sends a RST instead of waiting.
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError as e:
+            print("error", e, flush=True)
+        finally:
+            c.close()
+
+    serve_tcp(a.addr, a.port, handle, a.ready)
 
 
 def cmd_tcp_upload_server(a):
@@ -408,6 +427,28 @@ def cmd_udp_echo(a):
     print("TIMEOUT")
 
 
+def cmd_tcp_wait_reset(a):
+    """Reads to EOF, then waits without sending for the connection to be torn down (POLLHUP
+    or POLLERR: the peer reset it). Prints RESET and the seconds from EOF to it, or OPEN."""
+    s = tcp_connect(a)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    eof = time.monotonic()
+    p = select.poll()
+    p.register(s, select.POLLIN | select.POLLERR | select.POLLHUP)
+    while time.monotonic() - eof < a.timeout:
+        for _, ev in p.poll(50):
+            if ev & (select.POLLHUP | select.POLLERR):
+                print("RESET", "%.3f" % (time.monotonic() - eof), data.decode())
+                return
+        time.sleep(0.02)
+    print("OPEN", "%.3f" % (time.monotonic() - eof), data.decode())
+
+
 def cmd_connect_probe(a):
     """Tries a TCP connect; prints OK or the errno name, and the elapsed seconds."""
     s = socket.socket(family(a.host), socket.SOCK_STREAM)
@@ -591,6 +632,7 @@ def main():
     dl.add_argument("--log")
     server("tcp-upload-server", cmd_tcp_upload_server).add_argument("--log")
     server("tcp-echo-server", cmd_tcp_echo_server).add_argument("--log")
+    server("tcp-fin-then-reset-server", cmd_tcp_fin_then_reset_server)
     server("udp-echo-server", cmd_udp_echo_server).add_argument("--log")
     server("dns-server", cmd_dns_server).add_argument("--record", action="append", default=[])
 
@@ -621,6 +663,7 @@ def main():
     uc.add_argument("--tries", type=int, default=5)
     uc.set_defaults(timeout=1.0)
     client("connect-probe", cmd_connect_probe)
+    client("tcp-wait-reset", cmd_tcp_wait_reset)
 
     ap = sub.add_parser("api")
     ap.add_argument("socket")
