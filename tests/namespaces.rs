@@ -563,6 +563,11 @@ result data "$data"
         return;
     };
     out.expect_eq("data", "hello");
+    if peer_skips("a host reset after its FIN reaches the guest (slirp4netns keeps it open)") {
+        // What slirpnet did too before: the guest hears nothing while it sends nothing.
+        out.expect_eq("result", "OPEN");
+        return;
+    }
     out.expect_eq("result", "RESET");
     // The server resets 0.3 s after its FIN.
     out.expect("secs", "under 2 s", |_| out.millis("secs") < 2000);
