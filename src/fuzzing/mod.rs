@@ -15,6 +15,7 @@ use crate::config::NetConfig;
 use crate::stack::host::{Host, PingKind, Token};
 use crate::stack::{Limits, Stack, StackConfig};
 
+pub mod datagrams;
 pub mod flows;
 pub mod sim_host;
 

@@ -10,7 +10,9 @@
 //! socket. There is no epoll: readiness is a queue of tokens the harness hands to the stack
 //! ([`SimHost::dispatch`]). One TCP listener (a port forward) is simulated: host peers
 //! connect to it with [`SimHost::connect_from`], and each accepted connection serves the same
-//! download. UDP and ping sockets are not simulated (`Unsupported`).
+//! download. A UDP socket's host peer keeps every datagram it got, and sends the datagrams
+//! [`SimHost::udp_reply`] gives it (or an ICMP port unreachable, [`SimHost::udp_refuse`]).
+//! Ping sockets are not simulated (`Unsupported`).
 //!
 //! It serves the virtual-clock tests (tests/core_vclock.rs) and the `flows` fuzz target, so
 //! it checks what a kernel socket would not: a stack that discards or seeks past the bytes
@@ -74,12 +76,28 @@ pub struct SimHost {
     pub max_in_flight: usize,
     /// The listener's token, once the stack listens.
     listener: Option<Token>,
+    pub udp: Vec<UdpPeer>,
     /// Host peers that connected to the listener and wait to be accepted.
     waiting_peers: VecDeque<SocketAddr>,
 }
 
 /// The listener's socket: it is not an index into the connections.
 const LISTENER: usize = usize::MAX;
+/// UDP sockets are `UDP_BASE + i` for `udp[i]`.
+const UDP_BASE: usize = 1 << 40;
+
+/// One UDP socket, as its host peer sees it.
+#[derive(Debug)]
+pub struct UdpPeer {
+    pub token: Token,
+    pub dst: SocketAddr,
+    /// Every datagram the peer received, in order.
+    pub received: Vec<Vec<u8>>,
+    /// Datagrams the peer sent that the stack has not read yet.
+    inbox: VecDeque<Vec<u8>>,
+    /// An ICMP port unreachable came back: the next read fails with `ECONNREFUSED`.
+    refused: bool,
+}
 
 impl Default for SimHost {
     fn default() -> Self {
@@ -93,6 +111,7 @@ impl Default for SimHost {
             rewinds: 0,
             max_in_flight: 0,
             listener: None,
+            udp: Vec::new(),
             waiting_peers: VecDeque::new(),
         }
     }
@@ -156,6 +175,27 @@ impl SimHost {
         !self.ready.is_empty()
     }
 
+    /// UDP socket `index`'s peer sends `datagram`.
+    pub fn udp_reply(&mut self, index: usize, datagram: Vec<u8>) {
+        let peer = &mut self.udp[index];
+        peer.inbox.push_back(datagram);
+        let token = peer.token;
+        self.wake(token, true, false);
+    }
+
+    /// UDP socket `index`'s last datagram met a closed port.
+    pub fn udp_refuse(&mut self, index: usize) {
+        let peer = &mut self.udp[index];
+        peer.refused = true;
+        let token = peer.token;
+        self.wake(token, true, false);
+    }
+
+    fn udp_peer(&mut self, socket: &SimSocket) -> Option<&mut UdpPeer> {
+        let index = socket.0.checked_sub(UDP_BASE)?;
+        (socket.0 != LISTENER).then(|| &mut self.udp[index])
+    }
+
     /// A host peer at `peer` connects to the listener; the stack hears of it at the next
     /// dispatch. Panics if nothing listens.
     pub fn connect_from(&mut self, peer: SocketAddr) {
@@ -217,6 +257,10 @@ impl Host for SimHost {
     }
 
     fn send(&mut self, socket: &SimSocket, buf: &[u8]) -> io::Result<usize> {
+        if let Some(peer) = self.udp_peer(socket) {
+            peer.received.push(buf.to_vec());
+            return Ok(buf.len());
+        }
         self.check_reset(socket)?;
         let capacity = self.send_buffer;
         let conn = self.conn(socket);
@@ -307,16 +351,43 @@ impl Host for SimHost {
         self.conn(&socket).aborted = true;
     }
 
-    fn udp_connect(&mut self, _: SocketAddr, _: Token) -> io::Result<SimSocket> {
-        unsupported()
+    fn udp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<SimSocket> {
+        self.udp.push(UdpPeer {
+            token,
+            dst,
+            received: Vec::new(),
+            inbox: VecDeque::new(),
+            refused: false,
+        });
+        Ok(SimSocket(UDP_BASE + self.udp.len() - 1))
     }
 
-    fn recv(&mut self, _: &SimSocket, _: &mut [u8]) -> io::Result<usize> {
-        unsupported()
+    fn recv(&mut self, socket: &SimSocket, buf: &mut [u8]) -> io::Result<usize> {
+        let peer = self.udp_peer(socket).expect("recv on a UDP socket");
+        if std::mem::take(&mut peer.refused) {
+            return Err(io::ErrorKind::ConnectionRefused.into());
+        }
+        let datagram = peer.inbox.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
+        // As recv(2) without MSG_TRUNC: the rest of a longer datagram is lost.
+        let n = datagram.len().min(buf.len());
+        buf[..n].copy_from_slice(&datagram[..n]);
+        Ok(n)
     }
 
-    fn send_segments(&mut self, _: &SimSocket, _: &[u8], _: usize) -> io::Result<usize> {
-        unsupported()
+    fn send_segments(
+        &mut self,
+        socket: &SimSocket,
+        buf: &[u8],
+        segment: usize,
+    ) -> io::Result<usize> {
+        assert!(segment > 0, "UDP GSO with a segment of 0 bytes");
+        let peer = self
+            .udp_peer(socket)
+            .expect("send_segments on a UDP socket");
+        // The kernel splits the buffer into datagrams of `segment` bytes, the last shorter.
+        peer.received
+            .extend(buf.chunks(segment).map(<[u8]>::to_vec));
+        Ok(buf.len())
     }
 
     fn tcp_listen(

@@ -1104,6 +1104,11 @@ impl<H: Host> Stack<H> {
             }
             return;
         }
+        if matches!(flow.end, UdpEnd::Own(_)) {
+            // An empty datagram cannot join a GSO batch, and must not overtake one.
+            self.send_udp_batch(index);
+        }
+        let flow = self.udp.get_mut(index).expect("index maps only live flows");
         let result = match &flow.end {
             UdpEnd::Own(socket) => self.host.send(socket, payload),
             UdpEnd::Forward { id, client } => {
