@@ -884,20 +884,25 @@ fn datagrams_seeds() -> Vec<(&'static str, Vec<u8>, DatagramsOutcome)> {
             "seed-both-ways-1500",
             encode_datagrams(
                 1,
+                false,
                 &[
-                    DOp::Guest(100),
-                    DOp::Host(100),
+                    DOp::Guest { peer: 0, len: 100 },
+                    DOp::Host { peer: 0, len: 100 },
                     // Six datagrams in one batch: one GSO send, split back by the kernel.
                     DOp::GuestBatch {
+                        peer: 0,
                         count: 5,
                         len: 1000,
                         last: 300,
                     },
                     // Fragmented to the guest: 3 and 45 fragments.
-                    DOp::Host(3000),
-                    DOp::Host(65507),
-                    DOp::Host(0),
-                    DOp::Guest(0),
+                    DOp::Host { peer: 0, len: 3000 },
+                    DOp::Host {
+                        peer: 0,
+                        len: 65507,
+                    },
+                    DOp::Host { peer: 0, len: 0 },
+                    DOp::Guest { peer: 0, len: 0 },
                 ],
             ),
             DatagramsOutcome {
@@ -912,14 +917,15 @@ fn datagrams_seeds() -> Vec<(&'static str, Vec<u8>, DatagramsOutcome)> {
             "seed-refused-then-expired-576",
             encode_datagrams(
                 0,
+                false,
                 &[
-                    DOp::Guest(500),
+                    DOp::Guest { peer: 0, len: 500 },
                     DOp::Refuse,
-                    DOp::Guest(10),
+                    DOp::Guest { peer: 0, len: 10 },
                     // The flow expires after 60 idle seconds; the next datagram opens another.
                     DOp::Wait(70),
-                    DOp::Guest(10),
-                    DOp::Host(1000),
+                    DOp::Guest { peer: 0, len: 10 },
+                    DOp::Host { peer: 0, len: 1000 },
                 ],
             ),
             DatagramsOutcome {
@@ -927,6 +933,38 @@ fn datagrams_seeds() -> Vec<(&'static str, Vec<u8>, DatagramsOutcome)> {
                 to_guest: 1,
                 fragments: 2,
                 unreachables: 1,
+                sockets: 2,
+            },
+        ),
+        (
+            "seed-forward-clients-1500",
+            encode_datagrams(
+                1,
+                true,
+                &[
+                    DOp::Host { peer: 0, len: 100 },
+                    DOp::Host { peer: 1, len: 3000 },
+                    DOp::Guest { peer: 1, len: 1400 },
+                    DOp::GuestBatch {
+                        peer: 0,
+                        count: 3,
+                        len: 500,
+                        last: 500,
+                    },
+                    // A client the guest writes to first: its own flow, not the forward's.
+                    DOp::Guest { peer: 2, len: 20 },
+                    DOp::Host { peer: 2, len: 20 },
+                    // Forwarded flows expire too; the client's next datagram opens one again.
+                    DOp::Wait(70),
+                    DOp::Host { peer: 0, len: 100 },
+                    DOp::Guest { peer: 0, len: 100 },
+                ],
+            ),
+            DatagramsOutcome {
+                to_host: 7,
+                to_guest: 4,
+                fragments: 3,
+                unreachables: 0,
                 sockets: 2,
             },
         ),
@@ -967,7 +1005,9 @@ fn an_empty_datagram_does_not_overtake_the_guest_s_batch() {
     // the same batch of frames: it used to go to the host first.
     let data = encode_datagrams(
         1,
+        false,
         &[DOp::GuestBatch {
+            peer: 0,
             count: 2,
             len: 100,
             last: 0,

@@ -10,9 +10,10 @@
 //! socket. There is no epoll: readiness is a queue of tokens the harness hands to the stack
 //! ([`SimHost::dispatch`]). One TCP listener (a port forward) is simulated: host peers
 //! connect to it with [`SimHost::connect_from`], and each accepted connection serves the same
-//! download. A UDP socket's host peer keeps every datagram it got, and sends the datagrams
-//! [`SimHost::udp_reply`] gives it (or an ICMP port unreachable, [`SimHost::udp_refuse`]).
-//! Ping sockets are not simulated (`Unsupported`).
+//! download. A UDP socket's host peers keep every datagram they got, and send the datagrams
+//! [`SimHost::udp_reply`] and [`SimHost::udp_send_from`] give them (or an ICMP port
+//! unreachable, [`SimHost::udp_refuse`]); a socket is connected to one peer, or bound for a
+//! port forward and open to any. Ping sockets are not simulated (`Unsupported`).
 //!
 //! It serves the virtual-clock tests (tests/core_vclock.rs) and the `flows` fuzz target, so
 //! it checks what a kernel socket would not: a stack that discards or seeks past the bytes
@@ -86,15 +87,16 @@ const LISTENER: usize = usize::MAX;
 /// UDP sockets are `UDP_BASE + i` for `udp[i]`.
 const UDP_BASE: usize = 1 << 40;
 
-/// One UDP socket, as its host peer sees it.
+/// One UDP socket, as its host peers see it.
 #[derive(Debug)]
 pub struct UdpPeer {
     pub token: Token,
+    /// The peer a connected socket talks to, or the address a forward's socket is bound to.
     pub dst: SocketAddr,
-    /// Every datagram the peer received, in order.
-    pub received: Vec<Vec<u8>>,
-    /// Datagrams the peer sent that the stack has not read yet.
-    inbox: VecDeque<Vec<u8>>,
+    /// Every datagram the socket sent, in order, with the peer it went to.
+    pub received: Vec<(SocketAddr, Vec<u8>)>,
+    /// Datagrams peers sent that the stack has not read yet, with their senders.
+    inbox: VecDeque<(SocketAddr, Vec<u8>)>,
     /// An ICMP port unreachable came back: the next read fails with `ECONNREFUSED`.
     refused: bool,
 }
@@ -177,8 +179,14 @@ impl SimHost {
 
     /// UDP socket `index`'s peer sends `datagram`.
     pub fn udp_reply(&mut self, index: usize, datagram: Vec<u8>) {
+        let from = self.udp[index].dst;
+        self.udp_send_from(index, from, datagram);
+    }
+
+    /// A peer at `from` sends `datagram` to UDP socket `index` (a forward's bound socket).
+    pub fn udp_send_from(&mut self, index: usize, from: SocketAddr, datagram: Vec<u8>) {
         let peer = &mut self.udp[index];
-        peer.inbox.push_back(datagram);
+        peer.inbox.push_back((from, datagram));
         let token = peer.token;
         self.wake(token, true, false);
     }
@@ -189,6 +197,17 @@ impl SimHost {
         peer.refused = true;
         let token = peer.token;
         self.wake(token, true, false);
+    }
+
+    fn new_udp(&mut self, dst: SocketAddr, token: Token) -> SimSocket {
+        self.udp.push(UdpPeer {
+            token,
+            dst,
+            received: Vec::new(),
+            inbox: VecDeque::new(),
+            refused: false,
+        });
+        SimSocket(UDP_BASE + self.udp.len() - 1)
     }
 
     fn udp_peer(&mut self, socket: &SimSocket) -> Option<&mut UdpPeer> {
@@ -258,7 +277,7 @@ impl Host for SimHost {
 
     fn send(&mut self, socket: &SimSocket, buf: &[u8]) -> io::Result<usize> {
         if let Some(peer) = self.udp_peer(socket) {
-            peer.received.push(buf.to_vec());
+            peer.received.push((peer.dst, buf.to_vec()));
             return Ok(buf.len());
         }
         self.check_reset(socket)?;
@@ -352,22 +371,14 @@ impl Host for SimHost {
     }
 
     fn udp_connect(&mut self, dst: SocketAddr, token: Token) -> io::Result<SimSocket> {
-        self.udp.push(UdpPeer {
-            token,
-            dst,
-            received: Vec::new(),
-            inbox: VecDeque::new(),
-            refused: false,
-        });
-        Ok(SimSocket(UDP_BASE + self.udp.len() - 1))
+        Ok(self.new_udp(dst, token))
     }
-
     fn recv(&mut self, socket: &SimSocket, buf: &mut [u8]) -> io::Result<usize> {
         let peer = self.udp_peer(socket).expect("recv on a UDP socket");
         if std::mem::take(&mut peer.refused) {
             return Err(io::ErrorKind::ConnectionRefused.into());
         }
-        let datagram = peer.inbox.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
+        let (_, datagram) = peer.inbox.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
         // As recv(2) without MSG_TRUNC: the rest of a longer datagram is lost.
         let n = datagram.len().min(buf.len());
         buf[..n].copy_from_slice(&datagram[..n]);
@@ -385,8 +396,9 @@ impl Host for SimHost {
             .udp_peer(socket)
             .expect("send_segments on a UDP socket");
         // The kernel splits the buffer into datagrams of `segment` bytes, the last shorter.
+        let dst = peer.dst;
         peer.received
-            .extend(buf.chunks(segment).map(<[u8]>::to_vec));
+            .extend(buf.chunks(segment).map(|datagram| (dst, datagram.to_vec())));
         Ok(buf.len())
     }
 
@@ -416,16 +428,24 @@ impl Host for SimHost {
         Ok((self.open(peer, token), peer))
     }
 
-    fn udp_bind(&mut self, _: SocketAddr, _: Token) -> io::Result<(SimSocket, SocketAddr)> {
-        unsupported()
+    fn udp_bind(&mut self, addr: SocketAddr, token: Token) -> io::Result<(SimSocket, SocketAddr)> {
+        let port = if addr.port() == 0 { 40000 } else { addr.port() };
+        let bound = SocketAddr::new(addr.ip(), port);
+        Ok((self.new_udp(bound, token), bound))
     }
 
-    fn recv_from(&mut self, _: &SimSocket, _: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        unsupported()
+    fn recv_from(&mut self, socket: &SimSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let peer = self.udp_peer(socket).expect("recv_from on a UDP socket");
+        let (from, datagram) = peer.inbox.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
+        let n = datagram.len().min(buf.len());
+        buf[..n].copy_from_slice(&datagram[..n]);
+        Ok((n, from))
     }
 
-    fn send_to(&mut self, _: &SimSocket, _: &[u8], _: SocketAddr) -> io::Result<usize> {
-        unsupported()
+    fn send_to(&mut self, socket: &SimSocket, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        let peer = self.udp_peer(socket).expect("send_to on a UDP socket");
+        peer.received.push((to, buf.to_vec()));
+        Ok(buf.len())
     }
 
     fn ping_connect(&mut self, _: IpAddr, _: Token) -> io::Result<(SimSocket, PingKind)> {
