@@ -332,9 +332,8 @@ impl Driver {
     /// Every datagram host peer `peer` received, over all sockets, in order.
     fn to_host(&self, peer: usize) -> Vec<Vec<u8>> {
         let addr = self.peers[peer];
-        let udp = &self.stack.host.udp;
-        udp.iter()
-            .flat_map(|socket| &socket.received)
+        let sent = &self.stack.host.udp_sent;
+        sent.iter()
             .filter(|(to, _)| *to == addr)
             .map(|(_, bytes)| bytes.clone())
             .collect()

@@ -78,6 +78,8 @@ pub struct SimHost {
     /// The listener's token, once the stack listens.
     listener: Option<Token>,
     pub udp: Vec<UdpPeer>,
+    /// Every datagram any UDP socket sent, in order, with the peer it went to.
+    pub udp_sent: Vec<(SocketAddr, Vec<u8>)>,
     /// Host peers that connected to the listener and wait to be accepted.
     waiting_peers: VecDeque<SocketAddr>,
 }
@@ -93,8 +95,6 @@ pub struct UdpPeer {
     pub token: Token,
     /// The peer a connected socket talks to, or the address a forward's socket is bound to.
     pub dst: SocketAddr,
-    /// Every datagram the socket sent, in order, with the peer it went to.
-    pub received: Vec<(SocketAddr, Vec<u8>)>,
     /// Datagrams peers sent that the stack has not read yet, with their senders.
     inbox: VecDeque<(SocketAddr, Vec<u8>)>,
     /// An ICMP port unreachable came back: the next read fails with `ECONNREFUSED`.
@@ -114,6 +114,7 @@ impl Default for SimHost {
             max_in_flight: 0,
             listener: None,
             udp: Vec::new(),
+            udp_sent: Vec::new(),
             waiting_peers: VecDeque::new(),
         }
     }
@@ -203,7 +204,6 @@ impl SimHost {
         self.udp.push(UdpPeer {
             token,
             dst,
-            received: Vec::new(),
             inbox: VecDeque::new(),
             refused: false,
         });
@@ -277,7 +277,8 @@ impl Host for SimHost {
 
     fn send(&mut self, socket: &SimSocket, buf: &[u8]) -> io::Result<usize> {
         if let Some(peer) = self.udp_peer(socket) {
-            peer.received.push((peer.dst, buf.to_vec()));
+            let dst = peer.dst;
+            self.udp_sent.push((dst, buf.to_vec()));
             return Ok(buf.len());
         }
         self.check_reset(socket)?;
@@ -397,7 +398,7 @@ impl Host for SimHost {
             .expect("send_segments on a UDP socket");
         // The kernel splits the buffer into datagrams of `segment` bytes, the last shorter.
         let dst = peer.dst;
-        peer.received
+        self.udp_sent
             .extend(buf.chunks(segment).map(|datagram| (dst, datagram.to_vec())));
         Ok(buf.len())
     }
@@ -443,8 +444,8 @@ impl Host for SimHost {
     }
 
     fn send_to(&mut self, socket: &SimSocket, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        let peer = self.udp_peer(socket).expect("send_to on a UDP socket");
-        peer.received.push((to, buf.to_vec()));
+        self.udp_peer(socket).expect("send_to on a UDP socket");
+        self.udp_sent.push((to, buf.to_vec()));
         Ok(buf.len())
     }
 
