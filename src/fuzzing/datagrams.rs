@@ -21,6 +21,7 @@ use smoltcp::wire::{
     IpProtocol, Ipv4Packet, UdpPacket,
 };
 
+use super::Input;
 use super::sim_host::SimHost;
 use crate::config::NetConfig;
 use crate::stack::forward::Proto;
@@ -87,24 +88,6 @@ struct Driver {
     outcome: DatagramsOutcome,
 }
 
-/// Reads the input front to back; past its end every read is zero.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_be_bytes([self.u8(), self.u8()])
-    }
-}
-
 /// The `datagrams` target. Input: one configuration byte (the MTU: 576, 1500, 9000 or
 /// 65520; bit 2: a forward), then operations, each an opcode byte and its arguments (see
 /// [`Driver::step`]).
@@ -150,7 +133,7 @@ pub fn drive_datagrams(data: &[u8]) -> DatagramsOutcome {
             .expect("the simulated host binds");
         driver.forward_socket = Some(driver.stack.host.udp.len() - 1);
     }
-    while !input.0.is_empty() {
+    while !input.is_empty() {
         driver.step(&mut input);
     }
     driver.outcome.to_host = (0..driver.peers.len())
@@ -297,11 +280,7 @@ impl Driver {
     /// every frame it sent and what the host peer received.
     fn pump(&mut self) {
         for _ in 0..4 {
-            if self.stack.poll_at().is_some_and(|at| at <= self.now) {
-                self.stack.poll_timers(self.now);
-            }
-            SimHost::dispatch(&mut self.stack, self.now);
-            self.stack.flush();
+            SimHost::run(&mut self.stack, self.now);
             for frame in self.stack.tx.take() {
                 assert!(
                     frame.len <= self.mtu + 14,

@@ -27,6 +27,7 @@ use smoltcp::wire::{
     EthernetRepr, IpAddress, IpProtocol, Ipv4Packet, TcpControl, TcpPacket,
 };
 
+use super::Input;
 use super::sim_host::SimHost;
 use crate::config::NetConfig;
 use crate::stack::forward::Proto;
@@ -66,30 +67,6 @@ fn is_stream(bytes: &[u8], start: usize, salt: u32) -> bool {
 
 const UPLOAD_SALT: u32 = 0x5eed_0001;
 const DOWNLOAD_SALT: u32 = 0x5eed_0002;
-
-/// Reads the input front to back; past its end every read is zero.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_be_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_be_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
 
 /// What the guest knows and has done.
 struct Guest {
@@ -616,11 +593,7 @@ impl Driver {
     /// every frame it sent.
     fn pump(&mut self) {
         for _ in 0..4 {
-            if self.stack.poll_at().is_some_and(|at| at <= self.now) {
-                self.stack.poll_timers(self.now);
-            }
-            SimHost::dispatch(&mut self.stack, self.now);
-            self.stack.flush();
+            SimHost::run(&mut self.stack, self.now);
             self.collect(|_, _, _| {});
             if !self.stack.host.has_ready() {
                 break;

@@ -19,6 +19,30 @@ pub mod datagrams;
 pub mod flows;
 pub mod sim_host;
 
+/// Reads a structured fuzz input front to back; past its end every read is zero.
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_be_bytes([self.u8(), self.u8()])
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_be_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// A socket that cannot exist: [`NullHost`] never hands one out.
 #[derive(Debug)]
 pub enum NoSocket {}

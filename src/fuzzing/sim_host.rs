@@ -173,6 +173,15 @@ impl SimHost {
         }
     }
 
+    /// Lets the stack run at `now`: its due timers, then the sockets ready, then its flush.
+    pub fn run(stack: &mut Stack<Self>, now: Instant) {
+        if stack.poll_at().is_some_and(|at| at <= now) {
+            stack.poll_timers(now);
+        }
+        Self::dispatch(stack, now);
+        stack.flush();
+    }
+
     /// Readiness waits to be dispatched.
     pub fn has_ready(&self) -> bool {
         !self.ready.is_empty()
