@@ -165,17 +165,22 @@ def cmd_tcp_get(a):
     print(h.hexdigest(), n)
 
 
+def read_to_eof(s):
+    """Everything the peer sends until it closes its side."""
+    out = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            return out
+        out += b
+
+
 def cmd_tcp_put(a):
     s = tcp_connect(a)
     with open(a.file, "rb") as f:
         s.sendall(f.read())
     s.shutdown(socket.SHUT_WR)
-    out = b""
-    while True:
-        b = s.recv(4096)
-        if not b:
-            break
-        out += b
+    out = read_to_eof(s)
     s.close()
     print(out.decode().strip())
 
@@ -431,12 +436,7 @@ def cmd_tcp_wait_reset(a):
     """Reads to EOF, then waits without sending for the connection to be torn down (POLLHUP
     or POLLERR: the peer reset it). Prints RESET and the seconds from EOF to it, or OPEN."""
     s = tcp_connect(a)
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data = read_to_eof(s)
     eof = time.monotonic()
     p = select.poll()
     p.register(s, select.POLLIN | select.POLLERR | select.POLLHUP)
