@@ -488,6 +488,37 @@ fn ping_remote_host_through_a_raw_socket() {
     out.expect_contains("stats", "2 packets received");
 }
 
+/// An echo request larger than the MTU (the guest sends it in fragments) is answered in
+/// fragments too, by the gateway and through the relay, as the replying host would send it:
+/// slirpnet used to hand the guest one frame larger than its MTU.
+#[test]
+fn ping_larger_than_the_mtu_is_answered_in_fragments() {
+    let Some(out) = run(
+        "ping_larger_than_the_mtu_is_answered_in_fragments",
+        r#"
+setup_outer
+start_guest root
+start_helper -c "$GUEST" tap0
+reasm() { in_guest awk '/^Ip:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "ReasmOKs") c = i; h = 1 } else print $c }' /proc/net/snmp; }
+before=$(reasm)
+rc=0
+in_guest timeout 10 busybox ping -c 2 -W 2 -s 3000 198.18.0.2 > "$T/ping.out" 2>&1 || rc=$?
+in_guest timeout 10 busybox ping -c 2 -W 2 -s 3000 10.0.2.2 >> "$T/ping.out" 2>&1 || rc=$?
+result rc "$rc"
+result received "$(grep -c '2 packets received' "$T/ping.out")"
+result reassembled "$(( $(reasm) - before ))"
+"#,
+    ) else {
+        return;
+    };
+    out.expect_eq("rc", "0");
+    out.expect_eq("received", "2");
+    // Four replies, each put back together from fragments by the guest.
+    out.expect("reassembled", "at least 4", |v| {
+        v.parse::<u64>().is_ok_and(|n| n >= 4)
+    });
+}
+
 /// DNS: 10.0.2.3:53 reaches the resolv.conf nameserver (here a test responder on the host's
 /// 127.0.0.1), over UDP and TCP.
 #[test]

@@ -1620,7 +1620,8 @@ impl<H: Host> Stack<H> {
             let link = self.link_to(ip.src_addr.into());
             let mut frame = self.tx.buffer(0);
             let len = frame::build_icmpv4_frame(&mut frame, link, ip.dst_addr, ip.src_addr, &reply);
-            self.tx.push(frame, len);
+            let (src, dst) = (ip.dst_addr.into(), ip.src_addr.into());
+            self.push_or_fragment(frame, len, link, src, dst, IpProtocol::Icmp);
             return;
         }
         self.relay_echo(now, &IpRepr::Ipv4(*ip), l4, ident);
@@ -1664,7 +1665,8 @@ impl<H: Host> Stack<H> {
                 let mut frame = self.tx.buffer(0);
                 let len =
                     frame::build_icmpv6_frame(&mut frame, link, ip.dst_addr, ip.src_addr, &reply);
-                self.tx.push(frame, len);
+                let (src, dst) = (ip.dst_addr.into(), ip.src_addr.into());
+                self.push_or_fragment(frame, len, link, src, dst, IpProtocol::Icmpv6);
             }
             // NDP that was routed (hop limit below 255) is forged (RFC 4861 section 6.1).
             Icmpv6Repr::Ndisc(_) if ip.hop_limit != 255 => self.counters.dropped_malformed += 1,
@@ -1827,7 +1829,8 @@ impl<H: Host> Stack<H> {
                         seq_no,
                         data,
                     };
-                    frame::build_icmpv4_frame(&mut frame, link, remote, guest, &reply)
+                    let len = frame::build_icmpv4_frame(&mut frame, link, remote, guest, &reply);
+                    (len, IpProtocol::Icmp)
                 }
                 (IpAddr::V6(remote), IpAddr::V6(guest)) => {
                     // IPv6 sockets of both kinds deliver only the ICMPv6 message.
@@ -1855,13 +1858,53 @@ impl<H: Host> Stack<H> {
                         seq_no,
                         data,
                     };
-                    frame::build_icmpv6_frame(&mut frame, link, remote, guest, &reply)
+                    let len = frame::build_icmpv6_frame(&mut frame, link, remote, guest, &reply);
+                    (len, IpProtocol::Icmpv6)
                 }
                 _ => continue,
             };
             flow.last_active = now;
-            self.tx.push(frame, len);
+            let (len, protocol) = len;
+            push_or_fragment(
+                &mut self.tx,
+                &mut self.next_ip_ident,
+                self.config.mtu,
+                Packet {
+                    frame,
+                    len,
+                    link,
+                    src: key.remote,
+                    dst: key.guest,
+                    protocol,
+                },
+            );
         }
+    }
+
+    /// [`push_or_fragment`] with this stack's MTU and IP identifiers.
+    fn push_or_fragment(
+        &mut self,
+        frame: Vec<u8>,
+        len: usize,
+        link: Link,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: IpProtocol,
+    ) {
+        let packet = Packet {
+            frame,
+            len,
+            link,
+            src,
+            dst,
+            protocol,
+        };
+        push_or_fragment(
+            &mut self.tx,
+            &mut self.next_ip_ident,
+            self.config.mtu,
+            packet,
+        );
     }
 
     // ---- Host readiness and timers ----
@@ -1988,6 +2031,39 @@ fn link_for(
 }
 
 /// The largest TCP segment a link of `mtu` carries for `addr`'s family.
+/// A whole frame for the guest, with what [`push_or_fragment`] needs to split it.
+struct Packet {
+    frame: Vec<u8>,
+    len: usize,
+    link: Link,
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: IpProtocol,
+}
+
+/// Queues a frame for the guest, or, when it exceeds the guest's MTU, its IP payload in
+/// fragments: an echo reply is as large as the request, which the guest may have sent in
+/// fragments, and the host it came from would fragment it too.
+fn push_or_fragment(tx: &mut Tx, next_ip_ident: &mut u16, mtu: usize, packet: Packet) {
+    if packet.len <= mtu + frame::ETHERNET_HEADER_LEN {
+        tx.push(packet.frame, packet.len);
+        return;
+    }
+    let l4_start = frame::ETHERNET_HEADER_LEN + frame::ip_header_len(packet.dst);
+    *next_ip_ident = next_ip_ident.wrapping_add(1);
+    frame::push_fragments(
+        tx,
+        packet.link,
+        packet.src,
+        packet.dst,
+        packet.protocol,
+        u32::from(*next_ip_ident),
+        &packet.frame[l4_start..packet.len],
+        mtu,
+    );
+    tx.recycle(packet.frame);
+}
+
 fn link_mss(mtu: usize, addr: IpAddr) -> usize {
     mtu.saturating_sub(frame::ip_header_len(addr) + frame::TCP_HEADER_LEN)
         .max(8)
