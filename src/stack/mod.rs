@@ -1620,8 +1620,14 @@ impl<H: Host> Stack<H> {
             let link = self.link_to(ip.src_addr.into());
             let mut frame = self.tx.buffer(0);
             let len = frame::build_icmpv4_frame(&mut frame, link, ip.dst_addr, ip.src_addr, &reply);
-            let (src, dst) = (ip.dst_addr.into(), ip.src_addr.into());
-            self.push_or_fragment(frame, len, link, src, dst, IpProtocol::Icmp);
+            self.push_or_fragment(Packet {
+                frame,
+                len,
+                link,
+                src: ip.dst_addr.into(),
+                dst: ip.src_addr.into(),
+                protocol: IpProtocol::Icmp,
+            });
             return;
         }
         self.relay_echo(now, &IpRepr::Ipv4(*ip), l4, ident);
@@ -1665,8 +1671,14 @@ impl<H: Host> Stack<H> {
                 let mut frame = self.tx.buffer(0);
                 let len =
                     frame::build_icmpv6_frame(&mut frame, link, ip.dst_addr, ip.src_addr, &reply);
-                let (src, dst) = (ip.dst_addr.into(), ip.src_addr.into());
-                self.push_or_fragment(frame, len, link, src, dst, IpProtocol::Icmpv6);
+                self.push_or_fragment(Packet {
+                    frame,
+                    len,
+                    link,
+                    src: ip.dst_addr.into(),
+                    dst: ip.src_addr.into(),
+                    protocol: IpProtocol::Icmpv6,
+                });
             }
             // NDP that was routed (hop limit below 255) is forged (RFC 4861 section 6.1).
             Icmpv6Repr::Ndisc(_) if ip.hop_limit != 255 => self.counters.dropped_malformed += 1,
@@ -1882,23 +1894,7 @@ impl<H: Host> Stack<H> {
     }
 
     /// [`push_or_fragment`] with this stack's MTU and IP identifiers.
-    fn push_or_fragment(
-        &mut self,
-        frame: Vec<u8>,
-        len: usize,
-        link: Link,
-        src: IpAddr,
-        dst: IpAddr,
-        protocol: IpProtocol,
-    ) {
-        let packet = Packet {
-            frame,
-            len,
-            link,
-            src,
-            dst,
-            protocol,
-        };
+    fn push_or_fragment(&mut self, packet: Packet) {
         push_or_fragment(
             &mut self.tx,
             &mut self.next_ip_ident,
@@ -2030,7 +2026,6 @@ fn link_for(
     }
 }
 
-/// The largest TCP segment a link of `mtu` carries for `addr`'s family.
 /// A whole frame for the guest, with what [`push_or_fragment`] needs to split it.
 struct Packet {
     frame: Vec<u8>,
@@ -2064,6 +2059,7 @@ fn push_or_fragment(tx: &mut Tx, next_ip_ident: &mut u16, mtu: usize, packet: Pa
     tx.recycle(packet.frame);
 }
 
+/// The largest TCP segment a link of `mtu` carries for `addr`'s family.
 fn link_mss(mtu: usize, addr: IpAddr) -> usize {
     mtu.saturating_sub(frame::ip_header_len(addr) + frame::TCP_HEADER_LEN)
         .max(8)
