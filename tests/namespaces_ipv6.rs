@@ -75,6 +75,46 @@ result rudp "$(gpy udp-echo fd99::2 7777 --message remote6 2>&1)"
     out.expect_eq("rudp", "echo:remote6");
 }
 
+/// ICMPv6 echo larger than the MTU (the guest sends it in fragments) is answered in fragments,
+/// by the gateway and through the relay; slirpnet used to send one frame larger than the MTU.
+#[test]
+fn ping6_larger_than_the_mtu_is_answered_in_fragments() {
+    let Some(out) = run(
+        "ping6_larger_than_the_mtu_is_answered_in_fragments",
+        r#"
+setup_outer
+setup_outer_v6
+start_guest root
+start_helper -c -6 "$GUEST" tap0
+wait_slaac fd00:
+reasm() { in_guest awk '$1 == "Ip6ReasmOKs" { print $2 }' /proc/net/snmp6; }
+before=$(reasm)
+rc=0
+in_guest timeout 10 busybox ping -6 -c 2 -W 2 -s 3000 fd00::2 > "$T/ping.out" 2>&1 || rc=$?
+result gw "$rc $(grep -o '[0-9]* packets received' "$T/ping.out")"
+gw_reasm=$(( $(reasm) - before ))
+result gw_reassembled "$gw_reasm"
+rc=0
+in_guest timeout 10 busybox ping -6 -c 2 -W 2 -s 3000 fd99::2 > "$T/ping.out" 2>&1 || rc=$?
+result remote "$rc $(grep -o '[0-9]* packets received' "$T/ping.out")"
+result remote_reassembled "$(( $(reasm) - before - gw_reasm ))"
+"#,
+    ) else {
+        return;
+    };
+    if peer_skips("fragmented ICMPv6 echo (slirp4netns answers none: it reassembles no IPv6)") {
+        return;
+    }
+    out.expect_eq("gw", "0 2 packets received");
+    out.expect("gw_reassembled", "2 replies from fragments", |v| {
+        v.parse::<u64>().is_ok_and(|n| n >= 2)
+    });
+    out.expect_eq("remote", "0 2 packets received");
+    out.expect("remote_reassembled", "2 replies from fragments", |v| {
+        v.parse::<u64>().is_ok_and(|n| n >= 2)
+    });
+}
+
 /// DNS to the IPv6 DNS address reaches the host's IPv4 resolver (127.0.0.1 here), over UDP
 /// and TCP, with a `--cidr6` prefix; IPv6 forwards added over the API and with `-p` carry
 /// 1 MiB both ways across families: an IPv6 listener to the guest's IPv6 and IPv4 addresses,
