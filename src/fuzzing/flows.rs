@@ -77,7 +77,7 @@ struct Guest {
     peer_isn: u32,
     /// The furthest sequence number the stack's segments reached, FIN included.
     peer_high: u32,
-    /// The stack's latest ACK number and window (unscaled).
+    /// The stack's latest ACK number.
     peer_ack: u32,
     /// Which download bytes arrived, as a bitmap over offsets.
     received: Vec<bool>,
@@ -114,16 +114,14 @@ struct Driver {
     guest: Guest,
     now: Instant,
     mtu: usize,
-    mss: usize,
     /// Frames the stack sent to the guest.
     frames_seen: u64,
     /// The host peer reset the connection: the flow must end.
     host_reset: bool,
     /// Bytes of the host peer's `received` already checked.
     upload_checked: usize,
-    /// The MSS option of the guest's SYN, and the largest segment the stack may send it.
+    /// The MSS option of the guest's SYN.
     announced_mss: Option<u16>,
-    peer_mss: usize,
     /// The TAP takes GSO frames: guest segments of up to 64 KiB whatever the MTU.
     gso: bool,
     download_len: usize,
@@ -193,7 +191,6 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
         gso,
         ipv6: false,
     };
-    let peer_mss = usize::from(announced_mss.unwrap_or(536));
     let now = Instant::now();
     let mut driver = Driver {
         stack: Stack::new(host, config, now),
@@ -213,12 +210,10 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
         },
         now,
         mtu,
-        mss: mtu - 40,
         frames_seen: 0,
         host_reset: false,
         upload_checked: 0,
         announced_mss,
-        peer_mss,
         gso,
         download_len,
         remote: if forwarded { REMOTE_CLIENT } else { REMOTE },
@@ -251,6 +246,12 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
 }
 
 impl Driver {
+    /// The largest segment the stack may send the guest: what its SYN announced (RFC 9293:
+    /// 536 without the option).
+    fn peer_mss(&self) -> usize {
+        usize::from(self.announced_mss.unwrap_or(536))
+    }
+
     fn guest_ip() -> IpAddr {
         IpAddr::V4(NetConfig::default().guest)
     }
@@ -476,7 +477,7 @@ impl Driver {
         if self.gso {
             MAX_PAYLOAD
         } else {
-            self.mss.min(MAX_PAYLOAD)
+            (self.mtu - 40).min(MAX_PAYLOAD)
         }
     }
 
@@ -616,9 +617,9 @@ impl Driver {
             );
             let mss = frame.gso.as_ref().map(|gso| usize::from(gso.mss));
             assert!(
-                mss.is_none_or(|mss| mss <= self.peer_mss),
+                mss.is_none_or(|mss| mss <= self.peer_mss()),
                 "GSO frame cut at {mss:?}, more than the guest's MSS {}",
-                self.peer_mss
+                self.peer_mss()
             );
             if let Some((seq, ack, control)) =
                 self.read_segment(&frame.buf[..frame.len], frame.gso.is_none())
@@ -676,10 +677,10 @@ impl Driver {
         }
         let payload = tcp.payload();
         assert!(
-            !check_sum || payload.len() <= self.peer_mss,
+            !check_sum || payload.len() <= self.peer_mss(),
             "a segment of {} bytes, more than the guest's MSS {}",
             payload.len(),
-            self.peer_mss
+            self.peer_mss()
         );
         if (!payload.is_empty() || tcp.fin()) && self.guest.lose > 0 {
             self.guest.lose -= 1;

@@ -1104,10 +1104,9 @@ impl<H: Host> Stack<H> {
             }
             return;
         }
-        if matches!(flow.end, UdpEnd::Own(_)) {
-            // An empty datagram cannot join a GSO batch, and must not overtake one.
-            self.send_udp_batch(index);
-        }
+        // An empty datagram cannot join a GSO batch, and must not overtake one (a forward's
+        // flow has no batch: this does nothing there).
+        self.send_udp_batch(index);
         let flow = self.udp.get_mut(index).expect("index maps only live flows");
         let result = match &flow.end {
             UdpEnd::Own(socket) => self.host.send(socket, payload),
@@ -1812,7 +1811,7 @@ impl<H: Host> Stack<H> {
             let key = flow.key;
             let link = link_for(self.mac, &self.neighbours, key.guest);
             let mut frame = self.tx.buffer(0);
-            let len = match (key.remote, key.guest) {
+            let (len, protocol) = match (key.remote, key.guest) {
                 (IpAddr::V4(remote), IpAddr::V4(guest)) => {
                     // Raw IPv4 sockets deliver the IP header too.
                     let message = match flow.kind {
@@ -1876,7 +1875,6 @@ impl<H: Host> Stack<H> {
                 _ => continue,
             };
             flow.last_active = now;
-            let (len, protocol) = len;
             push_or_fragment(
                 &mut self.tx,
                 &mut self.next_ip_ident,
