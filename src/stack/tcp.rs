@@ -334,17 +334,24 @@ impl<S> TcpFlow<S> {
     /// edge never moves left (RFC 9293 3.8.6.2.2). Subtracting `pending` again would count
     /// those bytes twice, and the guest would stop at half the buffer.
     fn window_field(&self) -> u16 {
-        // The right edge stays at `rcv_acked + buffer`, from whatever point we acknowledge.
-        let window = self
-            .rcv_acked
-            .wrapping_add(self.buffer as u32)
-            .wrapping_sub(self.ack_point) as usize;
+        // The right edge stays at `rcv_acked + buffer`, from whatever point we acknowledge;
+        // `pending` may reach past it by less than a scaling unit (see `room`).
+        let acknowledged_ahead = self.ack_point.wrapping_sub(self.rcv_acked) as usize;
+        let window = self.buffer.saturating_sub(acknowledged_ahead);
         if self.scaling {
             // Rounded up, so the right edge never appears to move left as the ACK advances.
-            let unit = (1usize << self.window_shift) - 1;
-            ((window + unit) >> self.window_shift).min(0xffff) as u16
+            ((window + self.scaling_slack()) >> self.window_shift).min(0xffff) as u16
         } else {
             window.min(0xffff) as u16
+        }
+    }
+
+    /// How far past the buffer a rounded-up scaled window can reach.
+    fn scaling_slack(&self) -> usize {
+        if self.scaling {
+            (1usize << self.window_shift) - 1
+        } else {
+            0
         }
     }
 
@@ -354,9 +361,11 @@ impl<S> TcpFlow<S> {
         self.rcv_acked.wrapping_add(self.pending.len() as u32)
     }
 
-    /// What `pending` can still take.
+    /// What `pending` can still take: up to the furthest edge we may have advertised. Bytes
+    /// the guest sent within its window and we dropped would look like a hole to it, and the
+    /// segments behind them (acknowledged with SACK blocks) like a loss to repair.
     fn room(&self) -> usize {
-        self.buffer.saturating_sub(self.pending.len())
+        (self.buffer + self.scaling_slack()).saturating_sub(self.pending.len())
     }
 
     /// The host took `n` more bytes (or the FIN); `ack_point` never falls behind.
