@@ -634,8 +634,7 @@ impl EventLoop {
             if self.stack.poll_at().is_some_and(|at| at <= now) {
                 self.stack.poll_timers(now);
             }
-            self.stack.flush();
-            moved.1 += self.write_frames()?;
+            moved.1 += self.flush_stack()?;
             self.busy_poll.record(moved.0, moved.1);
         }
     }
@@ -725,11 +724,19 @@ impl EventLoop {
             // Keep output moving during long bursts so the guest's ACKs are not delayed
             // behind a whole batch of input.
             if self.stack.tx.frames.len() >= TAP_BATCH {
-                self.stack.flush();
-                written_bytes += self.write_frames()?;
+                written_bytes += self.flush_stack()?;
             }
         }
         Ok((read_bytes, written_bytes))
+    }
+
+    /// Ends a batch: the guest gets its ACKs for the data the batch collected before that
+    /// data goes to the host, then everything else. Returns the bytes written to the TAP.
+    fn flush_stack(&mut self) -> io::Result<usize> {
+        self.stack.acknowledge_batch();
+        let acks = self.write_frames()?;
+        self.stack.flush();
+        Ok(acks + self.write_frames()?)
     }
 
     /// Writes the frames the stack made to the TAP; returns the bytes written.

@@ -371,3 +371,84 @@ fn a_guest_filling_the_scaled_window_to_its_edge_loses_nothing() {
         "{with_sack} ACKs reported data past a hole on a lossless link"
     );
 }
+
+/// The sequence number of a TCP segment from the guest.
+fn guest_seq(frame: &[u8]) -> u32 {
+    use smoltcp::wire::{EthernetFrame, Ipv4Packet, TcpPacket};
+    let eth = EthernetFrame::new_checked(frame).expect("Ethernet");
+    let ip = Ipv4Packet::new_checked(eth.payload()).expect("IPv4");
+    TcpPacket::new_checked(ip.payload())
+        .expect("TCP")
+        .seq_number()
+        .0 as u32
+}
+
+/// The frames the stack has made so far, as TCP headers (taken from its queue).
+fn take_tcp_out(h: &mut Harness<SimHost>) -> Vec<support::guest::SeenTcp> {
+    let frames: Vec<Vec<u8>> = h
+        .stack
+        .tx
+        .take()
+        .into_iter()
+        .map(|frame| frame.buf[..frame.len].to_vec())
+        .collect();
+    tcp_to_guest(&frames)
+}
+
+/// A batch of bulk data from the guest is acknowledged before it goes to the host socket,
+/// so the event loop can hand the guest its ACK first (the guest's sender goes on while we
+/// send), and the send that follows adds no second ACK for the window it reopens.
+#[test]
+fn a_bulk_batch_is_acknowledged_before_its_host_send_and_once() {
+    // No delay on the link, so the handshake is over on both sides.
+    let mut h = Harness::with_host(
+        SimHost::default(),
+        stack_config(1500),
+        Clock::Virtual(Instant::now()),
+    );
+    let s = h.tcp_socket(1 << 20);
+    h.connect_established(s, gateway(8080), 40000);
+    h.step();
+    let data = pattern(64 << 10, 13);
+    assert_eq!(h.tcp(s).send_slice(&data).unwrap(), data.len());
+    let now = h.guest_now();
+    h.iface.poll(now, &mut h.wire, &mut h.sockets);
+    let frames: Vec<_> = h.wire.from_guest.drain(..).collect();
+    assert!(frames.len() > 1, "one batch of {} segments", frames.len());
+    assert!(
+        take_tcp_out(&mut h).is_empty(),
+        "output left from the handshake"
+    );
+    let first_seq = guest_seq(&frames[0]);
+    for frame in &frames {
+        h.stack.handle_frame(h.now(), frame);
+    }
+    let received = h.stack.host.connections[0].received.len();
+    let during = take_tcp_out(&mut h);
+    assert!(during.is_empty(), "ACKed frame by frame: {during:?}");
+
+    h.stack.acknowledge_batch();
+    let early = take_tcp_out(&mut h);
+    assert_eq!(early.len(), 1, "{early:?}");
+    assert_eq!(
+        h.stack.host.connections[0].received.len(),
+        received,
+        "the data went to the host before its ACK"
+    );
+    h.stack.flush();
+    let batch = h.stack.host.connections[0].received.len() - received;
+    assert!(
+        batch > 32 << 10,
+        "the guest sent {batch} bytes: not a bulk batch"
+    );
+    let acked = early[0].ack.expect("an ACK").wrapping_sub(first_seq);
+    assert_eq!(
+        acked as usize, batch,
+        "the early ACK covers the whole batch"
+    );
+    let after = take_tcp_out(&mut h);
+    assert!(
+        after.is_empty(),
+        "a second ACK for the same bytes: {after:?}"
+    );
+}

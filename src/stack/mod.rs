@@ -415,9 +415,30 @@ impl<H: Host> Stack<H> {
         }
     }
 
+    /// Call after a batch of frames, and write the frames it adds to the TAP before calling
+    /// [`Self::flush`]: acknowledges the bulk data each flow collected, which `flush` then
+    /// sends to the host. The guest's sender learns of it a host send earlier (docs/
+    /// performance.md, "Levers kept": 1.15–1.25× namespace → host at MTU 1500).
+    pub fn acknowledge_batch(&mut self) {
+        for &index in &self.flushes_due {
+            let Some(flow) = self.tcp.get_mut(index) else {
+                continue;
+            };
+            if flow.state != TcpState::Established || !flow.acknowledge_batch() {
+                continue;
+            }
+            let header = flow.ack_header();
+            let (src, guest) = (flow.key.remote.ip(), flow.key.guest.ip());
+            let link = self.link_to(guest);
+            self.tx.push_tcp(link, src, guest, &header);
+        }
+    }
+
     /// Call after a batch of frames: sends the guest data and datagrams the batch collected,
-    /// then the ACKs it made due (one per flow).
+    /// then the ACKs it made due (one per flow). Acknowledges the batch first if the caller
+    /// did not ([`Self::acknowledge_batch`]).
     pub fn flush(&mut self) {
+        self.acknowledge_batch();
         let udp_batches = std::mem::take(&mut self.udp_batches_due);
         for &index in &udp_batches {
             self.send_udp_batch(index);

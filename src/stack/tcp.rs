@@ -40,6 +40,10 @@ const MAX_WINDOW_SHIFT: u8 = 14;
 /// Guest data is sent to the host socket at the end of each batch of frames, or as soon as
 /// this much has collected.
 const SEND_CHUNK: usize = 256 << 10;
+/// A batch that collected at least this much guest data is acknowledged before it goes to
+/// the host socket ([`TcpFlow::acknowledge_batch`]); smaller ones, requests of an exchange,
+/// after it as before, when the ACK costs their way to the host nothing.
+const EARLY_ACK_MIN: usize = 16 << 10;
 /// Payload of one GSO frame to the guest: the largest IPv4 packet less its headers.
 pub const GSO_PAYLOAD: usize = 65535 - 20 - 20;
 /// Out-of-order segments kept per flow.
@@ -427,8 +431,33 @@ impl<S> TcpFlow<S> {
     /// A batch in which the host socket took nothing leaves both as they were, and an ACK
     /// then would be a duplicate (RFC 5681 2: same ACK, same window, no data): three of them
     /// and the guest retransmits data that was never lost.
+    ///
+    /// A window that only grew is news while the guest may be short of window: with the
+    /// last one below half our buffer (or two segments). Above that it has plenty to send
+    /// with, and the next ACK carries the new window anyway; this keeps the send of an
+    /// acknowledged batch ([`Self::acknowledge_batch`]) from costing a second ACK.
     pub fn ack_is_news(&self) -> bool {
-        self.last_ack_sent.get() != Some((self.ack_point, self.window_field()))
+        let window = self.window_field();
+        match self.last_ack_sent.get() {
+            Some((ack, last_window)) if ack == self.ack_point => {
+                let shift = if self.scaling { self.window_shift } else { 0 };
+                let last_bytes = usize::from(last_window) << shift;
+                window != last_window && last_bytes < (self.buffer / 2).max(2 * self.mss)
+            }
+            _ => true,
+        }
+    }
+
+    /// End of a batch that collected bulk data from the guest: acknowledge it now, before the
+    /// host send (the window counts it: it is safe in `pending`). The caller writes the ACK to
+    /// the TAP first, so the guest's sender goes on while we send. Returns whether an ACK is
+    /// due for it.
+    pub fn acknowledge_batch(&mut self) -> bool {
+        if !self.flush_due || self.pending.len() < EARLY_ACK_MIN {
+            return false;
+        }
+        self.ack_point = self.rcv_next();
+        self.ack_is_news()
     }
 
     /// A pure ACK carrying our current window, and SACK blocks for what we hold past a hole.
