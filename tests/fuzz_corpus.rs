@@ -838,6 +838,26 @@ fn bytes_a_guest_sends_after_its_fin_never_reach_the_host() {
     assert_eq!(outcome.downloaded, BULK.download);
 }
 
+/// The fuzzer's shortest input for a mistake of the driver, kept as a test of the stack: a
+/// GSO segment of 45 KiB is acknowledged at once (a bulk batch), and the stack then drains it
+/// to a peer whose socket takes 1 KiB at a time, with no frame to the guest on the way.
+#[test]
+fn an_upload_acknowledged_early_still_drains_to_a_slow_peer() {
+    let setup = Setup {
+        gso: true,
+        window_scale: false,
+        send_buffer: 0,
+        receive_buffer: 0,
+        guest_isn: 0,
+        download: 0,
+        ..BULK
+    };
+    let outcome = drive_flows(&encode_flows(setup, &[Op::Send(46080)]));
+    assert!(outcome.established);
+    assert!(outcome.liveness_checked, "{outcome:?}");
+    assert_eq!(outcome.uploaded, 46080);
+}
+
 #[test]
 fn a_host_peer_s_reset_ends_the_flow_with_a_reset_to_the_guest() {
     // The host delivers 4 KiB at a time, so the stack still reads the socket when the

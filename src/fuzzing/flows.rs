@@ -759,7 +759,10 @@ impl Driver {
             return false;
         }
         let mut idle = 0;
-        let mut last = u64::MAX;
+        // Frames to the guest, and bytes to the host peer: with the upload acknowledged
+        // early, the stack can go on moving bytes from its buffer to a slow peer without
+        // a frame.
+        let mut last = (u64::MAX, usize::MAX);
         for _ in 0..SETTLE_MAX_STEPS {
             if self.stack.tcp_flow_count() == 0 {
                 return false;
@@ -794,14 +797,15 @@ impl Driver {
             if progress == (self.guest.sent, self.download_len) && !self.host_reset {
                 break;
             }
-            if self.frames_seen == last {
+            let now = (self.frames_seen, self.uploaded());
+            if now == last {
                 idle += 1;
                 if idle > SETTLE_PATIENCE {
                     break;
                 }
             } else {
                 idle = 0;
-                last = self.frames_seen;
+                last = now;
             }
         }
         if self.host_reset {

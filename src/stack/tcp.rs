@@ -1,10 +1,12 @@
 //! TCP translation: each guest connection is mapped onto one host socket, and the two kernels
 //! do the TCP work (ARCHITECTURE.md, "The data path").
 //!
-//! Guest → host: payload goes straight into the host socket; we acknowledge to the guest only
-//! what the host socket took. Bytes it refused wait in `pending` (never dropped); the window we
-//! advertise is what `pending` can still hold. One exception: once `pending` is full and the
-//! host socket still takes nothing, we acknowledge what `pending` holds with a zero window, so
+//! Guest → host: payload collects in `pending` during a batch of frames and goes to the host
+//! socket at its end; bytes the socket refused stay there (never dropped), and the window we
+//! advertise is what `pending` can still hold. We acknowledge what the host socket took, with
+//! two exceptions where the bytes are safe in `pending`: a batch of bulk data is acknowledged
+//! before its send, so the guest's sender goes on meanwhile; and once `pending` is full and
+//! the host socket still takes nothing, what it holds is acknowledged with a zero window, so
 //! the guest probes the window (for as long as it takes, as TCP allows) instead of
 //! retransmitting into a full buffer until it gives the connection up.
 //! Host → guest: bytes are peeked (`MSG_PEEK` with `SO_PEEK_OFF`) from the host socket straight
@@ -333,7 +335,7 @@ impl<S> TcpFlow<S> {
     }
 
     /// The window we advertise, scaled for the header. It counts from the ACK number, and
-    /// everything in `pending` lies past it (we acknowledge only what the host socket took):
+    /// `pending` lies past it unless acknowledged early (then the window is smaller by that):
     /// a window of the whole buffer is exactly what `pending` can still take, and its right
     /// edge never moves left (RFC 9293 3.8.6.2.2). Subtracting `pending` again would count
     /// those bytes twice, and the guest would stop at half the buffer.
@@ -999,7 +1001,7 @@ impl<S> TcpFlow<S> {
         Ok(())
     }
 
-    /// Sends what waits; acknowledges exactly what the host socket took.
+    /// Sends what waits; acknowledges what the host socket took (if not acknowledged yet).
     fn send_pending<H: super::host::Host<Socket = S>>(
         &mut self,
         host: &mut H,
