@@ -134,13 +134,7 @@ fn stack_answers(h: &mut Harness) -> Vec<Vec<u8>> {
         h.stack.handle_frame(Instant::now(), &frame);
     }
     h.stack.flush();
-    let frames: Vec<Vec<u8>> = h
-        .stack
-        .tx
-        .take()
-        .into_iter()
-        .map(|f| f.buf[..f.len].to_vec())
-        .collect();
+    let frames = h.take_output();
     h.wire.to_guest.extend(frames.iter().cloned());
     frames
 }

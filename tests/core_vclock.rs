@@ -385,14 +385,7 @@ fn guest_seq(frame: &[u8]) -> u32 {
 
 /// The frames the stack has made so far, as TCP headers (taken from its queue).
 fn take_tcp_out(h: &mut Harness<SimHost>) -> Vec<support::guest::SeenTcp> {
-    let frames: Vec<Vec<u8>> = h
-        .stack
-        .tx
-        .take()
-        .into_iter()
-        .map(|frame| frame.buf[..frame.len].to_vec())
-        .collect();
-    tcp_to_guest(&frames)
+    tcp_to_guest(&h.take_output())
 }
 
 /// A batch of bulk data from the guest is acknowledged before it goes to the host socket,

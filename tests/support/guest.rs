@@ -292,6 +292,16 @@ impl<H: TestHost> Harness<H> {
         self.iface.poll(now, &mut self.wire, &mut self.sockets);
     }
 
+    /// The frames the stack has made since they were last taken, off its queue.
+    pub fn take_output(&mut self) -> Vec<Vec<u8>> {
+        self.stack
+            .tx
+            .take()
+            .into_iter()
+            .map(|frame| frame.buf[..frame.len].to_vec())
+            .collect()
+    }
+
     /// Moves the stack's output onto the guest's wire (after the link's delay).
     pub fn collect(&mut self) {
         let mut batch = VecDeque::new();
