@@ -1637,16 +1637,8 @@ impl<H: Host> Stack<H> {
                 seq_no,
                 data,
             };
-            let link = self.link_to(ip.src_addr.into());
-            let mut frame = self.tx.buffer(0);
-            let len = frame::build_icmpv4_frame(&mut frame, link, ip.dst_addr, ip.src_addr, &reply);
-            self.push_or_fragment(Packet {
-                frame,
-                len,
-                link,
-                src: ip.dst_addr.into(),
-                dst: ip.src_addr.into(),
-                protocol: IpProtocol::Icmp,
+            self.echo_reply_to_guest(ip.dst_addr.into(), ip.src_addr.into(), |frame, link| {
+                frame::build_icmpv4_frame(frame, link, ip.dst_addr, ip.src_addr, &reply)
             });
             return;
         }
@@ -1687,17 +1679,8 @@ impl<H: Host> Stack<H> {
                     seq_no,
                     data,
                 };
-                let link = self.link_to(ip.src_addr.into());
-                let mut frame = self.tx.buffer(0);
-                let len =
-                    frame::build_icmpv6_frame(&mut frame, link, ip.dst_addr, ip.src_addr, &reply);
-                self.push_or_fragment(Packet {
-                    frame,
-                    len,
-                    link,
-                    src: ip.dst_addr.into(),
-                    dst: ip.src_addr.into(),
-                    protocol: IpProtocol::Icmpv6,
+                self.echo_reply_to_guest(ip.dst_addr.into(), ip.src_addr.into(), |frame, link| {
+                    frame::build_icmpv6_frame(frame, link, ip.dst_addr, ip.src_addr, &reply)
                 });
             }
             // NDP that was routed (hop limit below 255) is forged (RFC 4861 section 6.1).
@@ -1910,6 +1893,31 @@ impl<H: Host> Stack<H> {
                 },
             );
         }
+    }
+
+    /// An echo reply from one of our addresses (`from`) to the guest, which `build` writes
+    /// into a frame: in fragments if it exceeds the guest's MTU, as the request may have come.
+    fn echo_reply_to_guest(
+        &mut self,
+        from: IpAddr,
+        guest: IpAddr,
+        build: impl FnOnce(&mut Vec<u8>, Link) -> usize,
+    ) {
+        let link = self.link_to(guest);
+        let mut frame = self.tx.buffer(0);
+        let len = build(&mut frame, link);
+        let protocol = match guest {
+            IpAddr::V4(_) => IpProtocol::Icmp,
+            IpAddr::V6(_) => IpProtocol::Icmpv6,
+        };
+        self.push_or_fragment(Packet {
+            frame,
+            len,
+            link,
+            src: from,
+            dst: guest,
+            protocol,
+        });
     }
 
     /// [`push_or_fragment`] with this stack's MTU and IP identifiers.
