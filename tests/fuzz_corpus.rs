@@ -22,10 +22,14 @@ use smoltcp::wire::{
     RawHardwareAddress, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/corpus")
-        .join(target);
+        .join(target)
+}
+
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = corpus_dir(target);
     let mut files: Vec<_> = fs::read_dir(&dir)
         .unwrap_or_else(|err| panic!("{}: {err}", dir.display()))
         .map(|entry| entry.unwrap().path())
@@ -500,20 +504,28 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
 /// `SLIRPNET_WRITE_SEEDS=1` it writes them instead (after changing the seeds).
 #[test]
 fn seed_frames_are_current() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/frames");
-    let write = std::env::var_os("SLIRPNET_WRITE_SEEDS").is_some_and(|v| v == "1");
     for (name, frames) in seeds() {
-        let expected = join_frames(frames.iter().map(Vec::as_slice));
-        if write {
-            fs::create_dir_all(&dir).unwrap();
-            fs::write(dir.join(name), &expected).unwrap();
-        }
-        let found = fs::read(dir.join(name)).unwrap_or_default();
-        assert!(
-            found == expected,
-            "{name} is stale: SLIRPNET_WRITE_SEEDS=1 cargo test --test fuzz_corpus"
+        check_seed(
+            "frames",
+            name,
+            &join_frames(frames.iter().map(Vec::as_slice)),
         );
     }
+}
+
+/// Asserts that the checked-in seed `name` of `target` holds `expected`; with
+/// `SLIRPNET_WRITE_SEEDS=1` it writes it first (after changing the seeds).
+fn check_seed(target: &str, name: &str, expected: &[u8]) {
+    let dir = corpus_dir(target);
+    if std::env::var_os("SLIRPNET_WRITE_SEEDS").is_some_and(|v| v == "1") {
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(name), expected).unwrap();
+    }
+    let found = fs::read(dir.join(name)).unwrap_or_default();
+    assert!(
+        found == expected,
+        "{name} is stale: SLIRPNET_WRITE_SEEDS=1 cargo test --test fuzz_corpus"
+    );
 }
 
 // ---- flows: one guest connection to a simulated host peer ----
@@ -743,23 +755,10 @@ fn flows_seeds() -> Vec<(&'static str, Vec<u8>, usize)> {
     ]
 }
 
-fn flows_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/flows")
-}
-
 #[test]
 fn flows_seeds_are_current() {
-    let write = std::env::var_os("SLIRPNET_WRITE_SEEDS").is_some_and(|v| v == "1");
     for (name, expected, _) in flows_seeds() {
-        if write {
-            fs::create_dir_all(flows_dir()).unwrap();
-            fs::write(flows_dir().join(name), &expected).unwrap();
-        }
-        let found = fs::read(flows_dir().join(name)).unwrap_or_default();
-        assert!(
-            found == expected,
-            "{name} is stale: SLIRPNET_WRITE_SEEDS=1 cargo test --test fuzz_corpus"
-        );
+        check_seed("flows", name, &expected);
     }
 }
 
@@ -993,18 +992,8 @@ fn datagrams_seeds() -> Vec<(&'static str, Vec<u8>, DatagramsOutcome)> {
 
 #[test]
 fn datagrams_seeds_are_current_and_carry_every_datagram() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/datagrams");
-    let write = std::env::var_os("SLIRPNET_WRITE_SEEDS").is_some_and(|v| v == "1");
     for (name, data, expected) in datagrams_seeds() {
-        if write {
-            fs::create_dir_all(&dir).unwrap();
-            fs::write(dir.join(name), &data).unwrap();
-        }
-        let found = fs::read(dir.join(name)).unwrap_or_default();
-        assert!(
-            found == data,
-            "{name} is stale: SLIRPNET_WRITE_SEEDS=1 cargo test --test fuzz_corpus"
-        );
+        check_seed("datagrams", name, &data);
         assert_eq!(drive_datagrams(&data), expected, "{name}");
     }
 }
