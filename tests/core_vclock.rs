@@ -372,17 +372,6 @@ fn a_guest_filling_the_scaled_window_to_its_edge_loses_nothing() {
     );
 }
 
-/// The sequence number of a TCP segment from the guest.
-fn guest_seq(frame: &[u8]) -> u32 {
-    use smoltcp::wire::{EthernetFrame, Ipv4Packet, TcpPacket};
-    let eth = EthernetFrame::new_checked(frame).expect("Ethernet");
-    let ip = Ipv4Packet::new_checked(eth.payload()).expect("IPv4");
-    TcpPacket::new_checked(ip.payload())
-        .expect("TCP")
-        .seq_number()
-        .0 as u32
-}
-
 /// The frames the stack has made so far, as TCP headers (taken from its queue).
 fn take_tcp_out(h: &mut Harness<SimHost>) -> Vec<support::guest::SeenTcp> {
     tcp_to_guest(&h.take_output())
@@ -412,7 +401,7 @@ fn a_bulk_batch_is_acknowledged_before_its_host_send_and_once() {
         take_tcp_out(&mut h).is_empty(),
         "output left from the handshake"
     );
-    let first_seq = guest_seq(&frames[0]);
+    let first_seq = tcp_to_guest(&frames[..1])[0].seq;
     for frame in &frames {
         h.stack.handle_frame(h.now(), frame);
     }

@@ -483,6 +483,7 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 pub struct SeenTcp {
     pub syn: bool,
     pub rst: bool,
+    pub seq: u32,
     pub ack: Option<u32>,
     /// The raw window field (not scaled).
     pub window: u16,
@@ -533,7 +534,7 @@ fn strip_sack_permitted(frame: &mut [u8]) {
     }
 }
 
-/// The TCP headers among `frames` (IPv4), in order.
+/// The TCP headers among `frames` (IPv4), in order: the stack's, or the guest's.
 pub fn tcp_to_guest(frames: &[Vec<u8>]) -> Vec<SeenTcp> {
     use smoltcp::wire::{
         EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpOption, TcpPacket,
@@ -570,6 +571,7 @@ pub fn tcp_to_guest(frames: &[Vec<u8>]) -> Vec<SeenTcp> {
         seen.push(SeenTcp {
             syn: tcp.syn(),
             rst: tcp.rst(),
+            seq: tcp.seq_number().0 as u32,
             ack: tcp.ack().then(|| tcp.ack_number().0 as u32),
             window: tcp.window_len(),
             window_scale,
