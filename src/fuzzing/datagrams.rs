@@ -26,7 +26,7 @@ use super::sim_host::SimHost;
 use crate::config::NetConfig;
 use crate::stack::forward::Proto;
 use crate::stack::frame::{Link, finish_udp_frame, udp_payload_offset};
-use crate::stack::{Limits, Stack, StackConfig};
+use crate::stack::{Stack, StackConfig};
 
 const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
 /// The guest's port: its flow's source, or the forward's target.
@@ -101,15 +101,7 @@ pub fn drive_datagrams(data: &[u8]) -> DatagramsOutcome {
     } else {
         vec![REMOTE]
     };
-    let config = StackConfig {
-        net: NetConfig::default(),
-        mtu,
-        disable_host_loopback: false,
-        dns_upstream: None,
-        limits: Limits::default(),
-        gso: false,
-        ipv6: false,
-    };
+    let config = StackConfig::plain(mtu);
     let now = Instant::now();
     let mut driver = Driver {
         stack: Stack::new(SimHost::default(), config, now),

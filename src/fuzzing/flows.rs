@@ -180,16 +180,12 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
     host.send_buffer = send_buffer;
     host.receive_buffer = receive_buffer;
     let config = StackConfig {
-        net: NetConfig::default(),
-        mtu,
-        disable_host_loopback: false,
-        dns_upstream: None,
         limits: Limits {
             flow_buffer,
             ..Limits::default()
         },
         gso,
-        ipv6: false,
+        ..StackConfig::plain(mtu)
     };
     let now = Instant::now();
     let mut driver = Driver {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::NetConfig;
 use crate::stack::host::{Host, PingKind, Token};
-use crate::stack::{Limits, Stack, StackConfig};
+use crate::stack::{Stack, StackConfig};
 
 pub mod datagrams;
 pub mod flows;
@@ -127,13 +127,9 @@ impl Host for NullHost {
 /// DNS upstream so that the DNS redirect path is reached too.
 pub fn stack_config() -> StackConfig {
     StackConfig {
-        net: NetConfig::default(),
-        mtu: 1500,
-        disable_host_loopback: false,
         dns_upstream: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 53))),
-        limits: Limits::default(),
-        gso: false,
         ipv6: true,
+        ..StackConfig::plain(1500)
     }
 }
 

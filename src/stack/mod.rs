@@ -53,6 +53,22 @@ pub struct StackConfig {
     pub ipv6: bool,
 }
 
+impl StackConfig {
+    /// The default network at `mtu` with nothing else on: no DNS upstream, the default
+    /// limits, no GSO, IPv4 only (the simulated setups of tests and fuzz targets start here).
+    pub fn plain(mtu: usize) -> Self {
+        StackConfig {
+            net: NetConfig::default(),
+            mtu,
+            disable_host_loopback: false,
+            dns_upstream: None,
+            limits: Limits::default(),
+            gso: false,
+            ipv6: false,
+        }
+    }
+}
+
 const MIN_MTU: usize = 68;
 const MAX_MTU: usize = 65521;
 const DHCP_SERVER_PORT: u16 = 67;

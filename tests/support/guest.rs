@@ -8,10 +8,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use slirpnet::config::NetConfig;
 use slirpnet::event_loop::{SystemHost, dispatch_host_events};
 use slirpnet::stack::host::Host;
-use slirpnet::stack::{Limits, Stack, StackConfig};
+use slirpnet::stack::{Stack, StackConfig};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
@@ -159,15 +158,7 @@ pub struct Harness<H: TestHost = SystemHost> {
 }
 
 pub fn stack_config(mtu: usize) -> StackConfig {
-    StackConfig {
-        net: NetConfig::default(),
-        mtu,
-        disable_host_loopback: false,
-        dns_upstream: None,
-        limits: Limits::default(),
-        gso: false,
-        ipv6: false,
-    }
+    StackConfig::plain(mtu)
 }
 
 /// [`stack_config`] with `-6`.
