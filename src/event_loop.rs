@@ -19,7 +19,7 @@ use crate::api_server::ApiServer;
 use crate::busy_poll::BusyPoll;
 use crate::splice::Splices;
 use crate::stack::Stack;
-use crate::stack::frame::{Gso, TxFrame};
+use crate::stack::frame::TxFrame;
 use crate::stack::host::{Host, PingKind, SplicedStats, Token};
 use crate::sys::{SocketFactory, sock};
 use crate::throttle::Throttle;
@@ -465,17 +465,20 @@ const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
 /// Offset of the checksum field in a TCP header.
 const TCP_CHECKSUM_OFFSET: u16 = 16;
 
-fn vnet_header(gso: Option<Gso>) -> [u8; VNET_HDR_LEN] {
+fn vnet_header(frame: &TxFrame) -> [u8; VNET_HDR_LEN] {
     let mut header = [0u8; VNET_HDR_LEN];
-    if let Some(gso) = gso {
+    if let Some(gso) = frame.gso {
         header[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-        header[1] = if gso.ipv6 {
-            VIRTIO_NET_HDR_GSO_TCPV6
-        } else {
-            VIRTIO_NET_HDR_GSO_TCPV4
-        };
+        // A single segment stays GSO_NONE (0): only its checksum is left to finish.
+        if frame.is_segmented() {
+            header[1] = if gso.ipv6 {
+                VIRTIO_NET_HDR_GSO_TCPV6
+            } else {
+                VIRTIO_NET_HDR_GSO_TCPV4
+            };
+            header[4..6].copy_from_slice(&gso.mss.to_ne_bytes());
+        }
         header[2..4].copy_from_slice(&gso.header_len.to_ne_bytes());
-        header[4..6].copy_from_slice(&gso.mss.to_ne_bytes());
         header[6..8].copy_from_slice(&gso.csum_start.to_ne_bytes());
         header[8..10].copy_from_slice(&TCP_CHECKSUM_OFFSET.to_ne_bytes());
     }
@@ -742,14 +745,10 @@ impl EventLoop {
     /// Writes the frames the stack made to the TAP; returns the bytes written.
     fn write_frames(&mut self) -> io::Result<usize> {
         let mut written_bytes = 0;
-        for TxFrame {
-            buf: frame,
-            len,
-            gso,
-        } in self.stack.tx.take()
-        {
+        for tx_frame in self.stack.tx.take() {
+            let (frame, len) = (&tx_frame.buf, tx_frame.len);
             let written = if self.vnet_hdr {
-                let vnet = vnet_header(gso);
+                let vnet = vnet_header(&tx_frame);
                 let iov = [IoSlice::new(&vnet), IoSlice::new(&frame[..len])];
                 nix::sys::uio::writev(&self.tap, &iov)
             } else {
@@ -779,7 +778,7 @@ impl EventLoop {
                     }
                 }
             }
-            self.stack.tx.recycle(frame);
+            self.stack.tx.recycle(tx_frame.buf);
         }
         Ok(written_bytes)
     }

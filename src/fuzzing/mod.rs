@@ -207,7 +207,7 @@ pub fn drive_frames(data: &[u8]) -> FramesOutcome {
                 frame.buf.len()
             );
             assert!(
-                frame.gso.is_some() || frame.len <= max_frame,
+                frame.is_segmented() || frame.len <= max_frame,
                 "tx frame of {} bytes exceeds the MTU",
                 frame.len
             );

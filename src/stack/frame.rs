@@ -142,9 +142,9 @@ pub fn finish_tcp_frame(
     l4_start + l4_len
 }
 
-/// Like [`finish_tcp_frame`], for a payload larger than the guest's MSS that the guest kernel
-/// will take as `mss`-sized segments: the checksum is left for it (partial, pseudo-header
-/// only), as virtio-net's GSO expects.
+/// Like [`finish_tcp_frame`], for a TAP with offloads: the checksum is left for the guest
+/// kernel (partial, pseudo-header only), and a payload larger than `mss` is taken as
+/// `mss`-sized segments, as virtio-net's GSO expects.
 pub fn finish_tcp_gso_frame(
     frame: &mut [u8],
     link: Link,
@@ -413,8 +413,9 @@ pub fn build_unreachable_frame(
     }
 }
 
-/// A TCP frame larger than the guest's MTU, for the guest kernel to treat as received
-/// segments of `mss` bytes (virtio-net GSO through the TAP's vnet header).
+/// A TCP frame whose checksum the guest kernel takes as partial (virtio-net checksum offload
+/// through the TAP's vnet header) and, when its payload is longer than `mss`, as received
+/// segments of `mss` bytes (virtio-net GSO).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gso {
     pub mss: u16,
@@ -430,6 +431,15 @@ pub struct TxFrame {
     pub buf: Vec<u8>,
     pub len: usize,
     pub gso: Option<Gso>,
+}
+
+impl TxFrame {
+    /// Whether the guest kernel cuts this frame into segments: it carries more than one MSS.
+    /// Otherwise it is one segment, within the MTU, and at most its checksum is left to finish.
+    pub fn is_segmented(&self) -> bool {
+        self.gso
+            .is_some_and(|gso| self.len - usize::from(gso.header_len) > usize::from(gso.mss))
+    }
 }
 
 /// Frames for the guest, and a pool of buffers to build them in without allocating per frame.
