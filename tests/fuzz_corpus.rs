@@ -542,6 +542,7 @@ const BULK: Setup = Setup {
     small_flow_buffer: false,
     announced_mss: 0,
     forwarded: false,
+    ipv6: false,
     download: 200_000,
 };
 
@@ -549,6 +550,8 @@ const BULK: Setup = Setup {
 /// liveness phase resends whatever the stack did not acknowledge).
 fn flows_seeds() -> Vec<(&'static str, Vec<u8>, usize)> {
     const FULL: &[u16] = &[1460; 7];
+    // IPv6's header is 20 bytes longer: 1440 bytes fill a 1500-byte MTU.
+    const FULL6: &[u16] = &[1440; 7];
     vec![
         (
             "seed-bulk-both-ways",
@@ -723,6 +726,41 @@ fn flows_seeds() -> Vec<(&'static str, Vec<u8>, usize)> {
                 ],
             ),
             0,
+        ),
+        (
+            "seed-ipv6-bulk-both-ways",
+            encode_flows(
+                Setup { ipv6: true, ..BULK },
+                &[
+                    Op::Batch(FULL6),
+                    Op::Ack(0xffff),
+                    Op::Drain,
+                    Op::Batch(FULL6),
+                    Op::Wait(1),
+                ],
+            ),
+            14 * 1440,
+        ),
+        (
+            "seed-ipv6-forward-lossy",
+            encode_flows(
+                Setup {
+                    ipv6: true,
+                    forwarded: true,
+                    receive_buffer: 1,
+                    ..BULK
+                },
+                &[
+                    Op::Ack(0xffff),
+                    Op::Lose(3),
+                    Op::Ack(0xffff),
+                    Op::Ack(0xffff),
+                    Op::Ack(0xffff),
+                    Op::Ack(0xffff),
+                    Op::Send(1440),
+                ],
+            ),
+            1440,
         ),
         (
             "seed-out-of-order-upload",

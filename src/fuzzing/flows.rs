@@ -1,5 +1,5 @@
-//! The `flows` fuzz target: one guest TCP connection through the stack to a [`SimHost`] peer
-//! that accepts it, with the guest's segments chosen by the input. It reaches what the
+//! The `flows` fuzz target: one guest TCP connection, over IPv4 or IPv6, through the stack to
+//! a [`SimHost`] peer that accepts it, with the guest's segments chosen by the input. It reaches what the
 //! `frames` target cannot (its host refuses every socket): the data relay both ways,
 //! retransmission, SACK scoreboards and loss recovery, zero windows and timers.
 //!
@@ -19,19 +19,20 @@
 //! resends what was not acknowledged); unless the stack reset the connection, every byte must
 //! then cross both ways within the retransmission timer's reach.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, IpAddress, IpProtocol, Ipv4Packet, TcpControl, TcpPacket,
+    EthernetRepr, IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpControl, TcpPacket,
 };
 
 use super::Input;
 use super::sim_host::SimHost;
 use crate::config::NetConfig;
 use crate::stack::forward::Proto;
-use crate::stack::frame::{Link, TcpHeader, build_tcp_frame};
+use crate::stack::frame::{Link, TcpHeader, build_tcp_frame, pseudo_header_sum};
+use crate::stack::ndp::build_neighbor_advert;
 use crate::stack::{Limits, Stack, StackConfig};
 
 const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
@@ -41,6 +42,15 @@ const GUEST_PORT: u16 = 40000;
 /// Test-network addresses (RFC 2544): nothing is sent anywhere, the host is simulated.
 const REMOTE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), 80);
 const REMOTE_CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9)), 50000);
+/// The same over IPv6, in the benchmarking prefix 2001:2::/48 (RFC 5180).
+const REMOTE6: SocketAddr =
+    SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1)), 80);
+const REMOTE_CLIENT6: SocketAddr = SocketAddr::new(
+    IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 9)),
+    50000,
+);
+/// The guest's IPv6 address: one a SLAAC guest could take in the advertised prefix.
+const GUEST_INTERFACE_ID6: u128 = 0x100;
 const FORWARDED_PORT: u16 = 8080;
 /// Each step of the liveness phase advances the clock this much, or to the stack's next
 /// timer if that is later; it gives up after this many steps in which the stack sent nothing.
@@ -128,6 +138,8 @@ struct Driver {
     /// The host side's address as the guest sees it, and the guest's port.
     remote: SocketAddr,
     guest_port: u16,
+    /// The connection runs over IPv6.
+    ipv6: bool,
 }
 
 /// What [`drive_flows`] saw, for the corpus replay test.
@@ -164,9 +176,10 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
     } else {
         Limits::default().flow_buffer
     };
+    let ipv6 = more_bits & 16 != 0;
     // The MSS the guest's SYN announces: its link's, none (RFC 9293 says 536 then), or small.
     let announced_mss = match more_bits >> 1 & 3 {
-        0 => Some(mtu as u16 - 40),
+        0 => Some((mtu - tcp_ip_header(ipv6)) as u16),
         1 => None,
         2 => Some(536),
         _ => Some(64),
@@ -185,6 +198,7 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
             ..Limits::default()
         },
         gso,
+        ipv6,
         ..StackConfig::plain(mtu)
     };
     let now = Instant::now();
@@ -212,12 +226,18 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
         announced_mss,
         gso,
         download_len,
-        remote: if forwarded { REMOTE_CLIENT } else { REMOTE },
+        remote: match (forwarded, ipv6) {
+            (false, false) => REMOTE,
+            (false, true) => REMOTE6,
+            (true, false) => REMOTE_CLIENT,
+            (true, true) => REMOTE_CLIENT6,
+        },
         guest_port: if forwarded {
             FORWARDED_PORT
         } else {
             GUEST_PORT
         },
+        ipv6,
     };
     let mut outcome = FlowsOutcome::default();
     let established = if forwarded {
@@ -241,6 +261,41 @@ pub fn drive_flows(data: &[u8]) -> FlowsOutcome {
     outcome
 }
 
+/// An ARP request from the guest for the gateway.
+fn arp_request_frame() -> Vec<u8> {
+    let net = NetConfig::default();
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: GUEST_MAC,
+        source_protocol_addr: net.guest,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: net.gateway,
+    };
+    let mut frame = vec![0; 14 + arp.buffer_len()];
+    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+    EthernetRepr {
+        src_addr: GUEST_MAC,
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    }
+    .emit(&mut eth);
+    arp.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
+    frame
+}
+
+/// What a frame's TCP checksum field holds.
+#[derive(Clone, Copy)]
+enum Checksum {
+    Full,
+    /// Left for the guest kernel to finish (checksum offload through the vnet header).
+    Partial,
+}
+
+/// IP and TCP headers without options, which an MSS leaves out of the MTU.
+fn tcp_ip_header(ipv6: bool) -> usize {
+    if ipv6 { 60 } else { 40 }
+}
+
 impl Driver {
     /// The largest segment the stack may send the guest: what its SYN announced (RFC 9293:
     /// 536 without the option).
@@ -248,8 +303,15 @@ impl Driver {
         usize::from(self.announced_mss.unwrap_or(536))
     }
 
-    fn guest_ip() -> IpAddr {
-        IpAddr::V4(NetConfig::default().guest)
+    fn guest_ip(&self) -> IpAddr {
+        let net = NetConfig::default();
+        if self.ipv6 {
+            IpAddr::V6(Ipv6Addr::from(
+                u128::from(net.prefix6) | GUEST_INTERFACE_ID6,
+            ))
+        } else {
+            IpAddr::V4(net.guest)
+        }
     }
 
     /// Sends the guest's SYN, lets the host connect, and ACKs the SYN-ACK.
@@ -275,14 +337,19 @@ impl Driver {
     /// with a SYN-ACK carrying its options, and the stack's ACK completes the handshake.
     fn accept_forwarded(&mut self, offer_sack: bool, offer_scale: bool) -> bool {
         // The guest makes its link address known, as a guest does before any peer reaches
-        // it (otherwise the stack asks with ARP first).
-        self.send_arp_request();
-        let guest = SocketAddr::new(Self::guest_ip(), FORWARDED_PORT);
-        let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, FORWARDED_PORT));
+        // it (otherwise the stack asks with ARP or a neighbour solicitation first).
+        self.announce_guest();
+        let guest = SocketAddr::new(self.guest_ip(), FORWARDED_PORT);
+        let unspecified = if self.ipv6 {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        let any = SocketAddr::new(unspecified, FORWARDED_PORT);
         self.stack
             .add_forward(Proto::Tcp, any, guest)
             .expect("the simulated host listens");
-        self.stack.host.connect_from(REMOTE_CLIENT);
+        self.stack.host.connect_from(self.remote);
         SimHost::dispatch(&mut self.stack, self.now);
         // The SYN goes out from the flow's timer, armed for now.
         self.stack.poll_timers(self.now);
@@ -330,23 +397,26 @@ impl Driver {
         self.guest.peer_ack = self.guest.isn.wrapping_add(1);
     }
 
-    fn send_arp_request(&mut self) {
-        let arp = ArpRepr::EthernetIpv4 {
-            operation: ArpOperation::Request,
-            source_hardware_addr: GUEST_MAC,
-            source_protocol_addr: NetConfig::default().guest,
-            target_hardware_addr: EthernetAddress([0; 6]),
-            target_protocol_addr: NetConfig::default().gateway,
-        };
-        let mut frame = vec![0; 14 + arp.buffer_len()];
-        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-        EthernetRepr {
-            src_addr: GUEST_MAC,
-            dst_addr: EthernetAddress::BROADCAST,
-            ethertype: EthernetProtocol::Arp,
+    /// An ARP request for the gateway, or over IPv6 an unsolicited neighbour advertisement
+    /// of the guest's address: the stack learns where the guest is from either.
+    fn announce_guest(&mut self) {
+        let mut frame = Vec::new();
+        if let IpAddr::V6(guest) = self.guest_ip() {
+            let link = Link {
+                src: GUEST_MAC,
+                dst: EthernetAddress([0x33, 0x33, 0, 0, 0, 1]),
+            };
+            let len = build_neighbor_advert(
+                &mut frame,
+                link,
+                guest,
+                Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+                false,
+            );
+            frame.truncate(len);
+        } else {
+            frame = arp_request_frame();
         }
-        .emit(&mut eth);
-        arp.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
         self.stack.handle_frame(self.now, &frame);
         self.stack.flush();
         self.collect(|_, _, _| {});
@@ -386,7 +456,7 @@ impl Driver {
         let len = build_tcp_frame(
             &mut frame,
             link,
-            Self::guest_ip(),
+            self.guest_ip(),
             self.remote.ip(),
             header,
             payload,
@@ -467,13 +537,14 @@ impl Driver {
     }
 
     /// The most guest payload one frame may carry: the MSS, or 64 KiB with GSO; either way
-    /// leaving room in one IPv4 packet for the largest TCP header (SACK blocks).
+    /// leaving room in one IP packet for the largest TCP header (SACK blocks). IPv4's length
+    /// field counts its own header, IPv6's does not.
     fn segment_max(&self) -> usize {
-        const MAX_PAYLOAD: usize = 65535 - 20 - 60;
+        let max_payload = 65535 - 60 - if self.ipv6 { 0 } else { 20 };
         if self.gso {
-            MAX_PAYLOAD
+            max_payload
         } else {
-            (self.mtu - 40).min(MAX_PAYLOAD)
+            (self.mtu - tcp_ip_header(self.ipv6)).min(max_payload)
         }
     }
 
@@ -607,7 +678,7 @@ impl Driver {
         for frame in frames {
             assert!(frame.len <= frame.buf.len(), "frame longer than its buffer");
             assert!(
-                frame.gso.is_some() || frame.len <= max_frame,
+                frame.is_segmented() || frame.len <= max_frame,
                 "frame of {} bytes over the MTU",
                 frame.len
             );
@@ -617,8 +688,13 @@ impl Driver {
                 "GSO frame cut at {mss:?}, more than the guest's MSS {}",
                 self.peer_mss()
             );
+            let checksum = if frame.gso.is_some() {
+                Checksum::Partial
+            } else {
+                Checksum::Full
+            };
             if let Some((seq, ack, control)) =
-                self.read_segment(&frame.buf[..frame.len], frame.gso.is_none())
+                self.read_segment(&frame.buf[..frame.len], checksum, frame.is_segmented())
             {
                 on_segment(seq, ack, control);
             }
@@ -631,25 +707,36 @@ impl Driver {
     fn read_segment(
         &mut self,
         frame: &[u8],
-        check_sum: bool,
+        checksum: Checksum,
+        segmented: bool,
     ) -> Option<(u32, Option<u32>, TcpControl)> {
         let eth = EthernetFrame::new_checked(frame).expect("malformed Ethernet frame");
-        if eth.ethertype() != EthernetProtocol::Ipv4 {
+        let (src, dst, protocol, l4) = match eth.ethertype() {
+            EthernetProtocol::Ipv4 => {
+                let ip = Ipv4Packet::new_checked(eth.payload()).expect("malformed IPv4 packet");
+                let (src, dst) = (ip.src_addr(), ip.dst_addr());
+                (src.into(), dst.into(), ip.next_header(), ip.payload())
+            }
+            EthernetProtocol::Ipv6 => {
+                let ip = Ipv6Packet::new_checked(eth.payload()).expect("malformed IPv6 packet");
+                let (src, dst) = (ip.src_addr(), ip.dst_addr());
+                (src.into(), dst.into(), ip.next_header(), ip.payload())
+            }
+            _ => return None,
+        };
+        if protocol != IpProtocol::Tcp {
             return None;
         }
-        let ip = Ipv4Packet::new_checked(eth.payload()).expect("malformed IPv4 packet");
-        if ip.next_header() != IpProtocol::Tcp {
-            return None;
-        }
-        let tcp = TcpPacket::new_checked(ip.payload()).expect("malformed TCP segment");
-        if check_sum {
-            assert!(
-                tcp.verify_checksum(
-                    &IpAddress::from(ip.src_addr()),
-                    &IpAddress::from(ip.dst_addr())
-                ),
-                "bad TCP checksum"
-            );
+        let (src, dst): (IpAddress, IpAddress) = (src, dst);
+        let tcp = TcpPacket::new_checked(l4).expect("malformed TCP segment");
+        match checksum {
+            Checksum::Full => assert!(tcp.verify_checksum(&src, &dst), "bad TCP checksum"),
+            // What the guest kernel finishes: the pseudo-header's sum, not inverted.
+            Checksum::Partial => assert_eq!(
+                tcp.checksum(),
+                pseudo_header_sum(src.into(), dst.into(), IpProtocol::Tcp, l4.len() as u32),
+                "bad partial TCP checksum"
+            ),
         }
         if tcp.dst_port() != self.guest_port || tcp.src_port() != self.remote.port() {
             return None;
@@ -673,7 +760,7 @@ impl Driver {
         }
         let payload = tcp.payload();
         assert!(
-            !check_sum || payload.len() <= self.peer_mss(),
+            segmented || payload.len() <= self.peer_mss(),
             "a segment of {} bytes, more than the guest's MSS {}",
             payload.len(),
             self.peer_mss()
@@ -841,6 +928,8 @@ pub struct Setup {
     pub announced_mss: u8,
     /// A host peer connects to a port forward, instead of the guest to the host.
     pub forwarded: bool,
+    /// The connection runs over IPv6.
+    pub ipv6: bool,
     /// What the host peer sends (rounded down to a multiple of 4, at most 256 KiB).
     pub download: usize,
 }
@@ -892,7 +981,8 @@ pub fn encode(setup: Setup, ops: &[Op]) -> Vec<u8> {
     out.push(
         u8::from(setup.small_flow_buffer)
             | (setup.announced_mss & 3) << 1
-            | u8::from(setup.forwarded) << 3,
+            | u8::from(setup.forwarded) << 3
+            | u8::from(setup.ipv6) << 4,
     );
     out.extend_from_slice(&((setup.download / 4).min(0xffff) as u16).to_be_bytes());
     for op in ops {
