@@ -546,6 +546,18 @@ const BULK: Setup = Setup {
     download: 200_000,
 };
 
+/// Two full batches of guest segments of `batch`'s sizes with the host's download between
+/// them: data both ways at once.
+fn bulk_both_ways(batch: &'static [u16]) -> [Op; 5] {
+    [
+        Op::Batch(batch),
+        Op::Ack(0xffff),
+        Op::Drain,
+        Op::Batch(batch),
+        Op::Wait(1),
+    ]
+}
+
 /// Seeds for the `flows` target, each with the bytes the host peer must end with (the
 /// liveness phase resends whatever the stack did not acknowledge).
 fn flows_seeds() -> Vec<(&'static str, Vec<u8>, usize)> {
@@ -555,16 +567,7 @@ fn flows_seeds() -> Vec<(&'static str, Vec<u8>, usize)> {
     vec![
         (
             "seed-bulk-both-ways",
-            encode_flows(
-                BULK,
-                &[
-                    Op::Batch(FULL),
-                    Op::Ack(0xffff),
-                    Op::Drain,
-                    Op::Batch(FULL),
-                    Op::Wait(1),
-                ],
-            ),
+            encode_flows(BULK, &bulk_both_ways(FULL)),
             14 * 1460,
         ),
         (
@@ -697,13 +700,7 @@ fn flows_seeds() -> Vec<(&'static str, Vec<u8>, usize)> {
                     forwarded: true,
                     ..BULK
                 },
-                &[
-                    Op::Batch(FULL),
-                    Op::Ack(0xffff),
-                    Op::Drain,
-                    Op::Batch(FULL),
-                    Op::Wait(1),
-                ],
+                &bulk_both_ways(FULL),
             ),
             14 * 1460,
         ),
@@ -729,16 +726,7 @@ fn flows_seeds() -> Vec<(&'static str, Vec<u8>, usize)> {
         ),
         (
             "seed-ipv6-bulk-both-ways",
-            encode_flows(
-                Setup { ipv6: true, ..BULK },
-                &[
-                    Op::Batch(FULL6),
-                    Op::Ack(0xffff),
-                    Op::Drain,
-                    Op::Batch(FULL6),
-                    Op::Wait(1),
-                ],
-            ),
+            encode_flows(Setup { ipv6: true, ..BULK }, &bulk_both_ways(FULL6)),
             14 * 1440,
         ),
         (
