@@ -298,8 +298,16 @@ pub fn use_congestion_control(name: &str) -> Res<()> {
         let available =
             std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
                 .unwrap_or_default();
+        // A namespace other than the first may only take an algorithm the host allows
+        // unprivileged users; some kernels with BBR as their default leave CUBIC out.
+        let hint = if e.raw_os_error() == Some(libc::EPERM) {
+            "; a network namespace takes only what the host's \
+             net.ipv4.tcp_allowed_congestion_control lists: add it there, as root"
+        } else {
+            ""
+        };
         format!(
-            "congestion control {name}: {e} (available: {})",
+            "congestion control {name}: {e} (available: {}{hint})",
             available.trim()
         )
     })?;
