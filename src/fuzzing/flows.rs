@@ -1,7 +1,7 @@
 //! The `flows` fuzz target: one guest TCP connection, over IPv4 or IPv6, through the stack to
-//! a [`SimHost`] peer that accepts it, with the guest's segments chosen by the input. It reaches what the
-//! `frames` target cannot (its host refuses every socket): the data relay both ways,
-//! retransmission, SACK scoreboards and loss recovery, zero windows and timers.
+//! a [`SimHost`] peer that accepts it, with the guest's segments chosen by the input. It
+//! reaches what the `frames` target cannot (its host refuses every socket): the data relay
+//! both ways, retransmission, SACK scoreboards and loss recovery, zero windows and timers.
 //!
 //! The driver makes the handshake itself, so every input starts from an established
 //! connection; the input then picks the guest's segments (sequence and ACK numbers relative to
@@ -31,8 +31,8 @@ use super::Input;
 use super::sim_host::SimHost;
 use crate::config::NetConfig;
 use crate::stack::forward::Proto;
-use crate::stack::frame::{Link, TcpHeader, build_tcp_frame, pseudo_header_sum};
-use crate::stack::ndp::build_neighbor_advert;
+use crate::stack::frame::{Link, TcpHeader, TxFrame, build_tcp_frame, pseudo_header_sum};
+use crate::stack::ndp;
 use crate::stack::{Limits, Stack, StackConfig};
 
 const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
@@ -283,14 +283,6 @@ fn arp_request_frame() -> Vec<u8> {
     frame
 }
 
-/// What a frame's TCP checksum field holds.
-#[derive(Clone, Copy)]
-enum Checksum {
-    Full,
-    /// Left for the guest kernel to finish (checksum offload through the vnet header).
-    Partial,
-}
-
 /// IP and TCP headers without options, which an MSS leaves out of the MTU.
 fn tcp_ip_header(ipv6: bool) -> usize {
     if ipv6 { 60 } else { 40 }
@@ -400,23 +392,20 @@ impl Driver {
     /// An ARP request for the gateway, or over IPv6 an unsolicited neighbour advertisement
     /// of the guest's address: the stack learns where the guest is from either.
     fn announce_guest(&mut self) {
-        let mut frame = Vec::new();
-        if let IpAddr::V6(guest) = self.guest_ip() {
-            let link = Link {
-                src: GUEST_MAC,
-                dst: EthernetAddress([0x33, 0x33, 0, 0, 0, 1]),
-            };
-            let len = build_neighbor_advert(
-                &mut frame,
-                link,
-                guest,
-                Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
-                false,
-            );
-            frame.truncate(len);
-        } else {
-            frame = arp_request_frame();
-        }
+        let frame = match self.guest_ip() {
+            IpAddr::V6(guest) => {
+                let link = Link {
+                    src: GUEST_MAC,
+                    dst: ndp::multicast_mac(ndp::ALL_NODES),
+                };
+                let mut frame = Vec::new();
+                let len =
+                    ndp::build_neighbor_advert(&mut frame, link, guest, ndp::ALL_NODES, false);
+                frame.truncate(len);
+                frame
+            }
+            IpAddr::V4(_) => arp_request_frame(),
+        };
         self.stack.handle_frame(self.now, &frame);
         self.stack.flush();
         self.collect(|_, _, _| {});
@@ -688,14 +677,7 @@ impl Driver {
                 "GSO frame cut at {mss:?}, more than the guest's MSS {}",
                 self.peer_mss()
             );
-            let checksum = if frame.gso.is_some() {
-                Checksum::Partial
-            } else {
-                Checksum::Full
-            };
-            if let Some((seq, ack, control)) =
-                self.read_segment(&frame.buf[..frame.len], checksum, frame.is_segmented())
-            {
+            if let Some((seq, ack, control)) = self.read_segment(&frame) {
                 on_segment(seq, ack, control);
             }
             self.stack.tx.recycle(frame.buf);
@@ -704,39 +686,38 @@ impl Driver {
 
     /// Checks one frame for the guest and records its segment; returns its sequence and
     /// ACK numbers and control flag if it is the connection's.
-    fn read_segment(
-        &mut self,
-        frame: &[u8],
-        checksum: Checksum,
-        segmented: bool,
-    ) -> Option<(u32, Option<u32>, TcpControl)> {
-        let eth = EthernetFrame::new_checked(frame).expect("malformed Ethernet frame");
+    fn read_segment(&mut self, frame: &TxFrame) -> Option<(u32, Option<u32>, TcpControl)> {
+        let eth =
+            EthernetFrame::new_checked(&frame.buf[..frame.len]).expect("malformed Ethernet frame");
         let (src, dst, protocol, l4) = match eth.ethertype() {
             EthernetProtocol::Ipv4 => {
                 let ip = Ipv4Packet::new_checked(eth.payload()).expect("malformed IPv4 packet");
-                let (src, dst) = (ip.src_addr(), ip.dst_addr());
-                (src.into(), dst.into(), ip.next_header(), ip.payload())
+                let (src, dst) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
+                (src, dst, ip.next_header(), ip.payload())
             }
             EthernetProtocol::Ipv6 => {
                 let ip = Ipv6Packet::new_checked(eth.payload()).expect("malformed IPv6 packet");
-                let (src, dst) = (ip.src_addr(), ip.dst_addr());
-                (src.into(), dst.into(), ip.next_header(), ip.payload())
+                let (src, dst) = (IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()));
+                (src, dst, ip.next_header(), ip.payload())
             }
             _ => return None,
         };
         if protocol != IpProtocol::Tcp {
             return None;
         }
-        let (src, dst): (IpAddress, IpAddress) = (src, dst);
         let tcp = TcpPacket::new_checked(l4).expect("malformed TCP segment");
-        match checksum {
-            Checksum::Full => assert!(tcp.verify_checksum(&src, &dst), "bad TCP checksum"),
-            // What the guest kernel finishes: the pseudo-header's sum, not inverted.
-            Checksum::Partial => assert_eq!(
+        if frame.gso.is_some() {
+            // Left for the guest kernel to finish: the pseudo-header's sum, not inverted.
+            assert_eq!(
                 tcp.checksum(),
-                pseudo_header_sum(src.into(), dst.into(), IpProtocol::Tcp, l4.len() as u32),
+                pseudo_header_sum(src, dst, IpProtocol::Tcp, l4.len() as u32),
                 "bad partial TCP checksum"
-            ),
+            );
+        } else {
+            assert!(
+                tcp.verify_checksum(&IpAddress::from(src), &IpAddress::from(dst)),
+                "bad TCP checksum"
+            );
         }
         if tcp.dst_port() != self.guest_port || tcp.src_port() != self.remote.port() {
             return None;
@@ -760,7 +741,7 @@ impl Driver {
         }
         let payload = tcp.payload();
         assert!(
-            segmented || payload.len() <= self.peer_mss(),
+            frame.is_segmented() || payload.len() <= self.peer_mss(),
             "a segment of {} bytes, more than the guest's MSS {}",
             payload.len(),
             self.peer_mss()
