@@ -34,6 +34,10 @@ const KIND_API_CLIENT: u64 = 0x100 << 32;
 /// Frames read from the TAP per wake-up before output is flushed, so neither direction
 /// starves the other.
 const TAP_BATCH: usize = 128;
+/// Queued frames for the guest are written once they hold this much, even mid-batch: each
+/// guest ACK lets a 64 KiB frame be peeked, and 128 of them (8 MiB) would leave the cache
+/// before their copy into the TAP. Written sooner, they are copied from the cache.
+const TX_WRITE_BYTES: usize = 256 * 1024;
 const INDEX_MASK: u64 = (1 << 32) - 1;
 /// A spliced forward's socket (src/splice.rs numbers its relays and their two sides).
 const KIND_SPLICE: u64 = 0x200 << 32;
@@ -728,6 +732,8 @@ impl EventLoop {
             // behind a whole batch of input.
             if self.stack.tx.frames.len() >= TAP_BATCH {
                 written_bytes += self.flush_stack()?;
+            } else if self.stack.tx.queued_bytes() >= TX_WRITE_BYTES {
+                written_bytes += self.write_frames()?;
             }
         }
         Ok((read_bytes, written_bytes))

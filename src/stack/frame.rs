@@ -447,6 +447,8 @@ impl TxFrame {
 pub struct Tx {
     /// Built frames, in order, for the event loop to write.
     pub frames: Vec<TxFrame>,
+    /// Bytes in `frames`.
+    queued_bytes: usize,
     pool: Vec<Vec<u8>>,
 }
 
@@ -461,6 +463,7 @@ impl Tx {
     }
 
     pub fn push(&mut self, frame: Vec<u8>, len: usize) {
+        self.queued_bytes += len;
         self.frames.push(TxFrame {
             buf: frame,
             len,
@@ -469,6 +472,7 @@ impl Tx {
     }
 
     pub fn push_gso(&mut self, frame: Vec<u8>, len: usize, gso: Gso) {
+        self.queued_bytes += len;
         self.frames.push(TxFrame {
             buf: frame,
             len,
@@ -492,7 +496,13 @@ impl Tx {
 
     /// Takes the queued frames; hand the buffers back with [`Tx::recycle`].
     pub fn take(&mut self) -> Vec<TxFrame> {
+        self.queued_bytes = 0;
         std::mem::take(&mut self.frames)
+    }
+
+    /// Bytes in the queued frames.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
     }
 }
 
@@ -551,20 +561,15 @@ pub fn push_fragments(
 mod tests {
     use super::*;
 
-    #[test]
-    fn partial_checksum_completes_to_the_full_one() {
-        // A full checksum over a frame equals the inverted sum of the pseudo-header sum and
-        // the segment bytes with a zero checksum field.
-        let mut frame = vec![0u8; 200];
-        let payload_at = tcp_payload_offset("10.0.2.2".parse().unwrap());
-        for (i, b) in frame[payload_at..payload_at + 100].iter_mut().enumerate() {
-            *b = i as u8 ^ 0x5a;
-        }
-        let link = Link {
+    fn test_link() -> Link {
+        Link {
             src: EthernetAddress([2, 0, 0, 0, 0, 1]),
             dst: EthernetAddress([2, 0, 0, 0, 0, 2]),
-        };
-        let header = TcpHeader {
+        }
+    }
+
+    fn test_header() -> TcpHeader {
+        TcpHeader {
             src_port: 80,
             dst_port: 40000,
             control: TcpControl::None,
@@ -575,7 +580,19 @@ mod tests {
             window_scale: None,
             sack_permitted: false,
             sack: [None; 3],
-        };
+        }
+    }
+
+    #[test]
+    fn partial_checksum_completes_to_the_full_one() {
+        // A full checksum over a frame equals the inverted sum of the pseudo-header sum and
+        // the segment bytes with a zero checksum field.
+        let mut frame = vec![0u8; 200];
+        let payload_at = tcp_payload_offset("10.0.2.2".parse().unwrap());
+        for (i, b) in frame[payload_at..payload_at + 100].iter_mut().enumerate() {
+            *b = i as u8 ^ 0x5a;
+        }
+        let (link, header) = (test_link(), test_header());
         let (src, dst) = ("10.0.2.2".parse().unwrap(), "10.0.2.100".parse().unwrap());
         let mut full = frame.clone();
         let len = finish_tcp_frame(&mut full, link, src, dst, &header, 100);
@@ -596,5 +613,28 @@ mod tests {
         let expected = u16::from_be_bytes([full[start + 16], full[start + 17]]);
         assert_eq!(!(sum as u16), expected);
         assert_eq!(usize::from(gso.header_len), start + TCP_HEADER_LEN);
+    }
+
+    #[test]
+    fn queued_bytes_count_what_waits_for_the_tap() {
+        let mut tx = Tx::default();
+        let gso = Gso {
+            mss: 1460,
+            header_len: 54,
+            csum_start: 34,
+            ipv6: false,
+        };
+        let frame = tx.buffer(100);
+        tx.push(frame, 60);
+        let frame = tx.buffer(70_000);
+        tx.push_gso(frame, 65_536, gso);
+        assert_eq!(tx.queued_bytes(), 65_596);
+        for frame in tx.take() {
+            tx.recycle(frame.buf);
+        }
+        assert_eq!(tx.queued_bytes(), 0);
+        let (src, dst) = ("10.0.2.2".parse().unwrap(), "10.0.2.100".parse().unwrap());
+        tx.push_tcp(test_link(), src, dst, &test_header());
+        assert_eq!(tx.queued_bytes(), tx.frames[0].len);
     }
 }
