@@ -751,7 +751,7 @@ impl EventLoop {
     /// Writes the frames the stack made to the TAP; returns the bytes written.
     fn write_frames(&mut self) -> io::Result<usize> {
         let mut written_bytes = 0;
-        for tx_frame in self.stack.tx.take() {
+        for tx_frame in self.stack.take_frames() {
             let (frame, len) = (&tx_frame.buf, tx_frame.len);
             let written = if self.vnet_hdr {
                 let vnet = vnet_header(&tx_frame);

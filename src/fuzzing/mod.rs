@@ -199,7 +199,7 @@ pub fn drive_frames(data: &[u8]) -> FramesOutcome {
     let mut answers = 0;
     let mut collect = |stack: &mut Stack<NullHost>| -> usize {
         let mut taken = 0;
-        for frame in stack.tx.take() {
+        for frame in stack.take_frames() {
             assert!(
                 frame.len <= frame.buf.len(),
                 "tx frame of {} bytes in a buffer of {}",
@@ -234,6 +234,7 @@ pub fn drive_frames(data: &[u8]) -> FramesOutcome {
     stack.flush();
     collect(&mut stack);
     assert_no_flows(&stack);
+    assert_eq!(stack.counters.frames_out, frames_out as u64);
     FramesOutcome {
         frames_out,
         answers,

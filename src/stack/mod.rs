@@ -32,7 +32,7 @@ use smoltcp::wire::{
 
 use crate::config::NetConfig;
 use forward::{Forward, ForwardId, ForwardInfo, ForwardStats, Proto};
-use frame::{Link, Tx, Unreachable};
+use frame::{Link, Tx, TxFrame, Unreachable};
 use host::{Host, PingKind, Token};
 pub use limits::{Bound, Limits};
 use tcp::{FlowKey, Segment, TcpFlow, TcpState, Verdict};
@@ -495,7 +495,13 @@ impl<H: Host> Stack<H> {
         }
         self.acks_due = due;
         self.acks_due.clear();
+    }
+
+    /// Takes the frames made for the guest, to be written (and counted) now; hand the
+    /// buffers back with [`Tx::recycle`].
+    pub fn take_frames(&mut self) -> Vec<TxFrame> {
         self.counters.frames_out += self.tx.frames.len() as u64;
+        self.tx.take()
     }
 
     fn handle_arp(&mut self, src_mac: EthernetAddress, payload: &[u8]) {
