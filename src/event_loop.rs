@@ -199,6 +199,12 @@ impl Host for SystemHost {
         nix::sys::socket::recv(socket.as_raw_fd(), buf, MsgFlags::MSG_PEEK).map_err(would_block_or)
     }
 
+    fn peek_vectored(&mut self, socket: &Socket, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        nix::sys::socket::recvmsg::<()>(socket.as_raw_fd(), bufs, None, MsgFlags::MSG_PEEK)
+            .map(|message| message.bytes)
+            .map_err(would_block_or)
+    }
+
     fn seek_peek(&mut self, socket: &Socket, offset: usize) -> io::Result<()> {
         // Never past what the receive buffer can hold, far below i32::MAX.
         let offset = i32::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;

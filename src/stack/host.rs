@@ -1,7 +1,7 @@
 //! The boundary between the core and the host: the few socket operations the translation
 //! needs. The event loop implements it with real sockets; tests may implement it with fakes.
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 
 /// Identifies a flow to the event loop, which hands it back when the flow's socket is ready.
@@ -36,6 +36,29 @@ pub trait Host {
     /// Copies received bytes from the current peek offset without consuming them, and
     /// advances the offset. `Ok(0)` means the peer closed and everything was peeked.
     fn peek(&mut self, socket: &Self::Socket, buf: &mut [u8]) -> io::Result<usize>;
+    /// [`Self::peek`] into several buffers in turn, in one call where the host can: the bytes
+    /// fill each buffer before the next. Stops at the first short peek; an end or a
+    /// would-block after some bytes returns those bytes.
+    fn peek_vectored(
+        &mut self,
+        socket: &Self::Socket,
+        bufs: &mut [IoSliceMut<'_>],
+    ) -> io::Result<usize> {
+        let mut total = 0;
+        for buf in bufs {
+            match self.peek(socket, buf) {
+                Ok(n) => {
+                    total += n;
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if total > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
     /// Moves the peek offset to `offset` bytes past the first unconsumed byte: back to it for
     /// a retransmission of everything, into the middle to resend one hole.
     fn seek_peek(&mut self, socket: &Self::Socket, offset: usize) -> io::Result<()>;

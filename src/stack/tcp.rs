@@ -21,7 +21,7 @@
 //! Deliberately not done: timestamps, urgent data, simultaneous open.
 
 use std::cell::Cell;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,9 @@ const SEND_CHUNK: usize = 256 << 10;
 /// the host socket ([`TcpFlow::acknowledge_batch`]); smaller ones, requests of an exchange,
 /// after it as before, when the ACK costs their way to the host nothing.
 const EARLY_ACK_MIN: usize = 16 << 10;
+/// Frames one peek of the host socket fills at most (one `recvmsg` for all: 256 KiB with
+/// offloads, fewer bytes without).
+const PEEK_FRAMES: usize = 4;
 /// Payload of one GSO frame to the guest: the largest IPv4 packet less its headers.
 pub const GSO_PAYLOAD: usize = 65535 - 20 - 20;
 /// Out-of-order segments kept per flow.
@@ -826,7 +829,7 @@ impl<S> TcpFlow<S> {
             host.seek_peek(&self.socket, offset)
                 .map_err(|_| Verdict::Reset)?;
             let len = (end.wrapping_sub(start) as usize).min(max);
-            let n = match self.peek_segment(host, link, tx, start, len) {
+            let n = match self.peek_segments(host, link, tx, start, len) {
                 Ok(n) if n > 0 => n,
                 // These bytes were peeked before, so they are there: a failed peek means
                 // the socket broke.
@@ -840,10 +843,11 @@ impl<S> TcpFlow<S> {
         Ok(())
     }
 
-    /// Peeks up to `len` bytes at the host socket's peek offset into a frame carrying them
-    /// from sequence number `seq`, and queues it. `Ok(0)`: the host peer closed and
-    /// everything was peeked; no frame is queued then, nor on an error.
-    fn peek_segment<H: super::host::Host<Socket = S>>(
+    /// Peeks up to `len` bytes at the host socket's peek offset into frames carrying them
+    /// from sequence number `seq`, one segment each, and queues them: one call scatters the
+    /// bytes over the frames' payloads. `Ok(0)`: the host peer closed and everything was
+    /// peeked; no frame is queued then, nor on an error.
+    fn peek_segments<H: super::host::Host<Socket = S>>(
         &self,
         host: &mut H,
         link: Link,
@@ -852,28 +856,60 @@ impl<S> TcpFlow<S> {
         len: usize,
     ) -> io::Result<usize> {
         let offset = tcp_payload_offset(self.key.guest.ip());
-        let mut frame = tx.buffer(offset + len);
-        let n = match host.peek(&self.socket, &mut frame[offset..offset + len]) {
+        let segment_max = self.segment_max();
+        let count = len.div_ceil(segment_max).clamp(1, PEEK_FRAMES);
+        let mut frames: [Vec<u8>; PEEK_FRAMES] = Default::default();
+        let mut lens = [0; PEEK_FRAMES];
+        let mut left = len.min(count * segment_max);
+        for (frame, frame_len) in frames.iter_mut().zip(&mut lens).take(count) {
+            *frame_len = left.min(segment_max);
+            left -= *frame_len;
+            *frame = tx.buffer(offset + *frame_len);
+        }
+        let peeked = {
+            let mut iov: [IoSliceMut<'_>; PEEK_FRAMES] =
+                std::array::from_fn(|_| IoSliceMut::new(&mut []));
+            let slots = iov.iter_mut().zip(&mut frames).zip(lens).take(count);
+            for ((slot, frame), frame_len) in slots {
+                *slot = IoSliceMut::new(&mut frame[offset..offset + frame_len]);
+            }
+            host.peek_vectored(&self.socket, &mut iov[..count])
+        };
+        let mut left = match peeked {
             Ok(n) if n > 0 => n,
             other => {
-                tx.recycle(frame);
+                for frame in frames.into_iter().take(count) {
+                    tx.recycle(frame);
+                }
                 return other;
             }
         };
-        let header = self.header(TcpControl::None, seq);
+        let total = left;
         let (src, dst) = (self.key.remote.ip(), self.key.guest.ip());
-        // With offloads even a single segment leaves its checksum to the guest kernel: no pass
-        // over the payload here, and none there either (a partial checksum is trusted on
-        // local delivery). At MTU 65520 nearly every data frame is a single segment.
-        if self.gso {
-            let (frame_len, gso) =
-                finish_tcp_gso_frame(&mut frame, link, src, dst, &header, n, self.mss);
-            tx.push_gso(frame, frame_len, gso);
-        } else {
-            let frame_len = finish_tcp_frame(&mut frame, link, src, dst, &header, n);
-            tx.push(frame, frame_len);
+        let mut seq = seq;
+        for (mut frame, frame_len) in frames.into_iter().zip(lens).take(count) {
+            let n = left.min(frame_len);
+            if n == 0 {
+                tx.recycle(frame);
+                continue;
+            }
+            left -= n;
+            let header = self.header(TcpControl::None, seq);
+            seq = seq.wrapping_add(n as u32);
+            // With offloads even a single segment leaves its checksum to the guest kernel: no
+            // pass over the payload here, and none there either (a partial checksum is
+            // trusted on local delivery). At MTU 65520 nearly every data frame is a single
+            // segment.
+            if self.gso {
+                let (frame_len, gso) =
+                    finish_tcp_gso_frame(&mut frame, link, src, dst, &header, n, self.mss);
+                tx.push_gso(frame, frame_len, gso);
+            } else {
+                let frame_len = finish_tcp_frame(&mut frame, link, src, dst, &header, n);
+                tx.push(frame, frame_len);
+            }
         }
-        Ok(n)
+        Ok(total)
     }
 
     fn on_data<H: super::host::Host<Socket = S>>(
@@ -1095,8 +1131,8 @@ impl<S> TcpFlow<S> {
                 self.timer.get_or_insert(now + self.rto);
                 break;
             }
-            let len = room.min(self.segment_max());
-            match self.peek_segment(host, link, tx, self.snd_nxt, len) {
+            let len = room.min(PEEK_FRAMES * self.segment_max());
+            match self.peek_segments(host, link, tx, self.snd_nxt, len) {
                 Ok(0) => {
                     self.host_eof = true;
                     // Nothing more can come; only an error can wake the socket now.
