@@ -38,6 +38,9 @@ const TAP_BATCH: usize = 128;
 /// guest ACK lets a 64 KiB frame be peeked, and 128 of them (8 MiB) would leave the cache
 /// before their copy into the TAP. Written sooner, they are copied from the cache.
 const TX_WRITE_BYTES: usize = 256 * 1024;
+/// Frames read from the TAP between polls of what the guest's ACKs let flows send: a few
+/// ACKs share one peek of the host socket, and the data still goes out within the batch.
+const SEND_POLL_FRAMES: usize = 4;
 const INDEX_MASK: u64 = (1 << 32) - 1;
 /// A spliced forward's socket (src/splice.rs numbers its relays and their two sides).
 const KIND_SPLICE: u64 = 0x200 << 32;
@@ -711,7 +714,7 @@ impl EventLoop {
     fn drain_tap(&mut self, now: Instant, frame: &mut [u8]) -> io::Result<(usize, usize)> {
         let (mut read_bytes, mut written_bytes) = (0, 0);
         let mut vnet = [0u8; VNET_HDR_LEN];
-        for _ in 0..TAP_BATCH {
+        for read_frames in 1..=TAP_BATCH {
             let read = if self.vnet_hdr {
                 // The header says how the guest offloaded this frame (a partial checksum, a
                 // TSO super-frame): the stack needs neither, it never verifies checksums and
@@ -736,6 +739,9 @@ impl EventLoop {
             }
             // Keep output moving during long bursts so the guest's ACKs are not delayed
             // behind a whole batch of input.
+            if read_frames % SEND_POLL_FRAMES == 0 {
+                self.stack.poll_sends();
+            }
             if self.stack.tx.frames.len() >= TAP_BATCH {
                 written_bytes += self.flush_stack()?;
             } else if self.stack.tx.queued_bytes() >= TX_WRITE_BYTES {

@@ -279,8 +279,12 @@ fn a_stalled_host_reader_gets_a_zero_window_not_unacknowledged_data() {
     const FLOW_BUFFER: usize = 4 << 20;
     let mut host = SimHost::default();
     host.send_buffer = SEND_BUFFER;
-    let (mut h, s) = connected(host, 8 << 20, Impairment::default());
+    let mut h = Harness::with_host(host, stack_config(1500), Clock::Virtual(Instant::now()));
+    h.impairment.one_way_delay = ONE_WAY;
+    // Logged from the handshake on: the SYN-ACK's ACK is the guest's ISN + 1.
     h.to_guest_log = Some(Vec::new());
+    let s = h.tcp_socket(8 << 20);
+    h.connect_established(s, gateway(8080), 40000);
     let data = pattern(16 << 20, 9);
     let mut sent = 0;
     let stall = Duration::from_secs(20 * 60);
@@ -295,12 +299,11 @@ fn a_stalled_host_reader_gets_a_zero_window_not_unacknowledged_data() {
     // The peer has read nothing: its socket holds what it took, at most its send buffer.
     let taken = h.stack.host.connections[0].received.len();
     assert!(taken <= SEND_BUFFER, "{taken}");
-    // The log starts once established, before any data: its first ACK is the guest's ISN + 1.
     let seen = tcp_to_guest(h.to_guest_log.as_ref().unwrap());
     let first = seen
         .first()
         .and_then(|tcp| tcp.ack)
-        .expect("ACKs to the guest");
+        .expect("a SYN-ACK to the guest");
     let last = seen.last().unwrap();
     let acked = last.ack.unwrap().wrapping_sub(first) as usize;
     let mss = 1460;

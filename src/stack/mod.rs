@@ -248,6 +248,9 @@ pub struct Stack<H: Host> {
     acks_due: Vec<usize>,
     /// TCP flows with guest data to send to the host at the end of this batch.
     flushes_due: Vec<usize>,
+    /// TCP flows whose guest ACKs may have opened the window, with when the first came:
+    /// polled once for all of them ([`Self::poll_sends`]).
+    sends_due: Vec<(usize, Instant)>,
     /// UDP flows with guest datagrams to send at the end of this batch.
     udp_batches_due: Vec<usize>,
     pub tx: Tx,
@@ -299,6 +302,7 @@ impl<H: Host> Stack<H> {
             last_forward_id: 0,
             acks_due: Vec::new(),
             flushes_due: Vec::new(),
+            sends_due: Vec::new(),
             udp_batches_due: Vec::new(),
             tx: Tx::default(),
             counters: Counters::default(),
@@ -455,6 +459,7 @@ impl<H: Host> Stack<H> {
     /// did not ([`Self::acknowledge_batch`]).
     pub fn flush(&mut self) {
         self.acknowledge_batch();
+        self.poll_sends();
         let udp_batches = std::mem::take(&mut self.udp_batches_due);
         for &index in &udp_batches {
             self.send_udp_batch(index);
@@ -495,6 +500,27 @@ impl<H: Host> Stack<H> {
         }
         self.acks_due = due;
         self.acks_due.clear();
+    }
+
+    /// Sends what the guest's ACKs since the last call let each flow send. [`Self::flush`]
+    /// calls it; the event loop also does during long batches, so data keeps flowing.
+    pub fn poll_sends(&mut self) {
+        let due = std::mem::take(&mut self.sends_due);
+        for &(index, now) in &due {
+            let Some(flow) = self.tcp.get_mut(index).filter(|flow| flow.send_due) else {
+                continue;
+            };
+            let link = link_for(self.mac, &self.neighbours, flow.key.guest.ip());
+            let verdict = flow.poll_send(&mut self.host, now, link, &mut self.tx);
+            if flow.ack_due {
+                self.acks_due.push(index);
+            }
+            let timer = flow.timer;
+            self.arm(timer);
+            self.apply_verdict(index, verdict);
+        }
+        self.sends_due = due;
+        self.sends_due.clear();
     }
 
     /// Takes the frames made for the guest, to be written (and counted) now; hand the
@@ -813,7 +839,7 @@ impl<H: Host> Stack<H> {
         let link_mss = self.link_mss(key.guest.ip());
         let link = self.link_to(key.guest.ip());
         let flow = self.tcp.get_mut(index).expect("index maps only live flows");
-        let mut verdict = flow.on_segment(&mut self.host, now, &segment);
+        let verdict = flow.on_segment(&mut self.host, now, &segment);
         if std::mem::take(&mut flow.buffer_filled) {
             self.counters.limit_hits.count(Bound::FlowBuffer);
         }
@@ -823,8 +849,11 @@ impl<H: Host> Stack<H> {
             self.tx
                 .push_tcp(link, key.remote.ip(), key.guest.ip(), &header);
         }
-        if verdict == Verdict::Keep {
-            verdict = flow.poll_send(&mut self.host, now, link, &mut self.tx);
+        if verdict == Verdict::Keep && flow.state == TcpState::Established && !flow.send_due {
+            // What this segment lets us send goes out with what the rest of the batch lets:
+            // one peek and one consume of the host socket for a run of ACKs, not one each.
+            flow.send_due = true;
+            self.sends_due.push((index, now));
         }
         if flow.ack_now && verdict == Verdict::Keep {
             flow.ack_now = false;

@@ -177,6 +177,12 @@ pub struct TcpFlow<S> {
     pub ack_due: bool,
     /// Guest data waits in `pending` for the end of the batch.
     pub flush_due: bool,
+    /// Guest ACKs arrived that may open the window: [`super::Stack::flush`] (or the event
+    /// loop mid-batch) sends, once for all of them ([`TcpFlow::poll_send`]).
+    pub send_due: bool,
+    /// Acknowledged bytes not yet consumed from the host socket: consumed by the next
+    /// [`TcpFlow::poll_send`] or seek, one `recv` for a batch of ACKs.
+    discard_owed: usize,
     /// The port forward this connection came through, if any.
     pub forward: Option<super::forward::ForwardId>,
     /// Bytes the host socket took from the guest.
@@ -266,6 +272,8 @@ impl<S> TcpFlow<S> {
             ack_now: false,
             last_ack_sent: Cell::new(None),
             flush_due: false,
+            send_due: false,
+            discard_owed: 0,
             forward: None,
             bytes_to_host: 0,
             bytes_to_guest: 0,
@@ -583,10 +591,7 @@ impl<S> TcpFlow<S> {
                 acked -= 1;
             }
             self.bytes_to_guest += acked as u64;
-            if acked > 0 {
-                host.discard(&self.socket, acked)
-                    .map_err(|_| Verdict::Reset)?;
-            }
+            self.discard_owed += acked;
             self.snd_una = ack;
             self.dup_acks = 0;
             self.retries = 0;
@@ -714,8 +719,7 @@ impl<S> TcpFlow<S> {
     /// Go back to the first unacknowledged byte (RFC 6298 5.4, go-back-N). What the guest
     /// SACKed is forgotten: after a timeout it may have dropped it (RFC 2018 8).
     fn rewind<H: super::host::Host<Socket = S>>(&mut self, host: &mut H) -> Result<(), Verdict> {
-        host.seek_peek(&self.socket, 0)
-            .map_err(|_| Verdict::Reset)?;
+        self.seek_peek(host, 0)?;
         self.host_drained = false;
         self.snd_nxt = self.snd_una;
         if !self.fin_acked {
@@ -724,6 +728,31 @@ impl<S> TcpFlow<S> {
         self.sacked.clear();
         self.end_recovery();
         Ok(())
+    }
+
+    /// Consumes from the host socket what the guest acknowledged since the last call.
+    fn settle_discards<H: super::host::Host<Socket = S>>(
+        &mut self,
+        host: &mut H,
+    ) -> Result<(), Verdict> {
+        if self.discard_owed > 0 {
+            host.discard(&self.socket, self.discard_owed)
+                .map_err(|_| Verdict::Reset)?;
+            self.discard_owed = 0;
+        }
+        Ok(())
+    }
+
+    /// Moves the peek offset to `offset` bytes past `snd_una`: the kernel counts it from the
+    /// first unconsumed byte, so what is owed is consumed first.
+    fn seek_peek<H: super::host::Host<Socket = S>>(
+        &mut self,
+        host: &mut H,
+        offset: usize,
+    ) -> Result<(), Verdict> {
+        self.settle_discards(host)?;
+        host.seek_peek(&self.socket, offset)
+            .map_err(|_| Verdict::Reset)
     }
 
     fn end_recovery(&mut self) {
@@ -803,8 +832,7 @@ impl<S> TcpFlow<S> {
         self.resent_up_to = seq_max(self.resent_up_to, cursor);
         if resent {
             let offset = data_end.wrapping_sub(self.snd_una) as usize;
-            host.seek_peek(&self.socket, offset)
-                .map_err(|_| Verdict::Reset)?;
+            self.seek_peek(host, offset)?;
         }
         Ok(())
     }
@@ -826,8 +854,7 @@ impl<S> TcpFlow<S> {
         let max = self.segment_max();
         while seq_lt(start, end) {
             let offset = start.wrapping_sub(self.snd_una) as usize;
-            host.seek_peek(&self.socket, offset)
-                .map_err(|_| Verdict::Reset)?;
+            self.seek_peek(host, offset)?;
             let len = (end.wrapping_sub(start) as usize).min(max);
             let n = match self.peek_segments(host, link, tx, start, len) {
                 Ok(n) if n > 0 => n,
@@ -1116,6 +1143,10 @@ impl<S> TcpFlow<S> {
     ) -> Verdict {
         if self.state != TcpState::Established {
             return Verdict::Keep;
+        }
+        self.send_due = false;
+        if let Err(verdict) = self.settle_discards(host) {
+            return verdict;
         }
         if let Err(verdict) = self.resend_holes(host, link, tx) {
             return verdict;
