@@ -69,12 +69,7 @@ fn answers(h: &mut Harness, frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
 /// Flushes the stack and takes every frame it queued for the guest.
 fn sent(h: &mut Harness) -> Vec<Vec<u8>> {
     h.stack.flush();
-    h.stack
-        .tx
-        .take()
-        .into_iter()
-        .map(|f| f.buf[..f.len].to_vec())
-        .collect()
+    h.take_output()
 }
 
 /// Parses an ICMPv6 message from the stack, checksum included.

@@ -242,7 +242,7 @@ fn random_frames_are_dropped_and_counted_and_the_stack_keeps_working() {
         h.stack.handle_frame(now, &frame);
     }
     h.stack.flush();
-    let _ = h.stack.tx.take();
+    let _ = h.stack.take_frames();
     let c = &h.stack.counters;
     assert_eq!(c.frames_in, 10_000);
     assert!(c.dropped_malformed + c.dropped_unsupported > 1000, "{c:?}");

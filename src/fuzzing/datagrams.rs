@@ -273,7 +273,7 @@ impl Driver {
     fn pump(&mut self) {
         for _ in 0..4 {
             SimHost::run(&mut self.stack, self.now);
-            for frame in self.stack.tx.take() {
+            for frame in self.stack.take_frames() {
                 assert!(
                     frame.len <= self.mtu + 14,
                     "a frame of {} bytes at MTU {}",

@@ -662,7 +662,7 @@ impl Driver {
     /// Takes the stack's frames for the guest, checks each, and records what arrived.
     fn collect(&mut self, mut on_segment: impl FnMut(u32, Option<u32>, TcpControl)) {
         let max_frame = self.mtu + 14;
-        let frames = self.stack.tx.take();
+        let frames = self.stack.take_frames();
         self.frames_seen += frames.len() as u64;
         for frame in frames {
             assert!(frame.len <= frame.buf.len(), "frame longer than its buffer");

@@ -494,8 +494,9 @@ impl Tx {
         self.push(frame, len);
     }
 
-    /// Takes the queued frames; hand the buffers back with [`Tx::recycle`].
-    pub fn take(&mut self) -> Vec<TxFrame> {
+    /// Takes the queued frames; hand the buffers back with [`Tx::recycle`]. Outside the stack,
+    /// [`super::Stack::take_frames`] takes them, and counts them.
+    pub(super) fn take(&mut self) -> Vec<TxFrame> {
         self.queued_bytes = 0;
         std::mem::take(&mut self.frames)
     }

@@ -286,8 +286,7 @@ impl<H: TestHost> Harness<H> {
     /// The frames the stack has made since they were last taken, off its queue.
     pub fn take_output(&mut self) -> Vec<Vec<u8>> {
         self.stack
-            .tx
-            .take()
+            .take_frames()
             .into_iter()
             .map(|frame| frame.buf[..frame.len].to_vec())
             .collect()
@@ -296,7 +295,7 @@ impl<H: TestHost> Harness<H> {
     /// Moves the stack's output onto the guest's wire (after the link's delay).
     pub fn collect(&mut self) {
         let mut batch = VecDeque::new();
-        for frame in self.stack.tx.take() {
+        for frame in self.stack.take_frames() {
             assert!(frame.gso.is_none(), "no GSO without a vnet header");
             if let Some(log) = &mut self.to_guest_log {
                 log.push(frame.buf[..frame.len].to_vec());
