@@ -63,7 +63,8 @@ impl NetConfig {
         NetConfig { prefix6, ..self }
     }
 
-    fn in_prefix6(&self, host: u64) -> Ipv6Addr {
+    /// The address `host` in the IPv6 /64.
+    pub fn in_prefix6(&self, host: u64) -> Ipv6Addr {
         Ipv6Addr::from(u128::from(self.prefix6) | u128::from(host))
     }
 

@@ -50,7 +50,7 @@ const REMOTE_CLIENT6: SocketAddr = SocketAddr::new(
     50000,
 );
 /// The guest's IPv6 address: one a SLAAC guest could take in the advertised prefix.
-const GUEST_INTERFACE_ID6: u128 = 0x100;
+const GUEST_INTERFACE_ID6: u64 = 0x100;
 const FORWARDED_PORT: u16 = 8080;
 /// Each step of the liveness phase advances the clock this much, or to the stack's next
 /// timer if that is later; it gives up after this many steps in which the stack sent nothing.
@@ -298,9 +298,7 @@ impl Driver {
     fn guest_ip(&self) -> IpAddr {
         let net = NetConfig::default();
         if self.ipv6 {
-            IpAddr::V6(Ipv6Addr::from(
-                u128::from(net.prefix6) | GUEST_INTERFACE_ID6,
-            ))
+            IpAddr::V6(net.in_prefix6(GUEST_INTERFACE_ID6))
         } else {
             IpAddr::V4(net.guest)
         }
