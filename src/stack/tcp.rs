@@ -887,10 +887,10 @@ impl<S> TcpFlow<S> {
         let count = len.div_ceil(segment_max).clamp(1, PEEK_FRAMES);
         let mut frames: [Vec<u8>; PEEK_FRAMES] = Default::default();
         let mut lens = [0; PEEK_FRAMES];
-        let mut left = len.min(count * segment_max);
+        let mut unasked = len.min(count * segment_max);
         for (frame, frame_len) in frames.iter_mut().zip(&mut lens).take(count) {
-            *frame_len = left.min(segment_max);
-            left -= *frame_len;
+            *frame_len = unasked.min(segment_max);
+            unasked -= *frame_len;
             *frame = tx.buffer(offset + *frame_len);
         }
         let peeked = {
