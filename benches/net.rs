@@ -142,7 +142,7 @@ struct Found {
 
 fn locate(kind: HelperKind, opts: &cli::Options) -> Option<PathBuf> {
     let given = match kind {
-        HelperKind::Slirpnet => &opts.slirpnet,
+        HelperKind::Slirpnet | HelperKind::SlirpnetSplice => &opts.slirpnet,
         HelperKind::Slirp4netns => &opts.slirp4netns,
         HelperKind::Pasta => &opts.pasta,
         HelperKind::Kernel => return None,
@@ -151,7 +151,7 @@ fn locate(kind: HelperKind, opts: &cli::Options) -> Option<PathBuf> {
         return p.is_file().then(|| p.clone());
     }
     match kind {
-        HelperKind::Slirpnet => {
+        HelperKind::Slirpnet | HelperKind::SlirpnetSplice => {
             // Cargo builds the crate's binaries for benches and says where.
             let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
             [
@@ -188,7 +188,7 @@ fn version_of(kind: HelperKind, path: &Path) -> String {
         })
         .unwrap_or_default();
     let package = match kind {
-        HelperKind::Slirpnet | HelperKind::Kernel => None,
+        HelperKind::Slirpnet | HelperKind::SlirpnetSplice | HelperKind::Kernel => None,
         HelperKind::Slirp4netns => Some("slirp4netns"),
         HelperKind::Pasta => Some("passt"),
     };
@@ -247,7 +247,7 @@ fn inner_main(opts: &cli::Options) -> Result<(), String> {
                 });
             }
             None => {
-                let hint = if kind == HelperKind::Slirpnet {
+                let hint = if kind.is_slirpnet() {
                     " (build it: cargo build --release)"
                 } else {
                     ""
@@ -272,19 +272,26 @@ fn inner_main(opts: &cli::Options) -> Result<(), String> {
         }
         for &mtu in &opts.mtus {
             for &mode in &opts.modes {
-                for (i, _) in found.iter().enumerate() {
-                    plan.push(Step::Run(rep, mtu, mode, i));
+                for (i, f) in found.iter().enumerate() {
+                    if f.kind.measures(mode) {
+                        plan.push(Step::Run(rep, mtu, mode, i));
+                    }
                 }
             }
         }
     }
     let total = plan.len();
     eprintln!(
-        "{total} runs: {} helper(s) × {} mode(s) × {} MTU(s) × {} rep(s){}, {} s each",
+        "{total} runs: {} helper(s) × {} mode(s) × {} MTU(s) × {} rep(s){}{}, {} s each",
         found.len(),
         opts.modes.len(),
         opts.mtus.len(),
         opts.reps,
+        if found.iter().any(|f| f.kind == HelperKind::SlirpnetSplice) {
+            " (slirpnet-splice in the forward modes only)"
+        } else {
+            ""
+        },
         if loopback {
             " + direct host loopback once per rep"
         } else {
@@ -356,7 +363,7 @@ fn inner_main(opts: &cli::Options) -> Result<(), String> {
             scratch: &outer.scratch,
             run_id: n,
             no_ipv6: outer.no_ipv6.as_deref(),
-            extra_args: if h.kind == HelperKind::Slirpnet {
+            extra_args: if h.kind.is_slirpnet() {
                 &opts.slirpnet_args
             } else {
                 &[]

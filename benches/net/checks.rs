@@ -16,6 +16,7 @@ pub fn run() {
     share_of_kernel();
     summary_with_kernel();
     summary_without_kernel();
+    summary_with_spliced();
 }
 
 /// The suite's command line, from string literals.
@@ -31,6 +32,13 @@ fn helper_names() {
     assert_eq!(HelperKind::Kernel.label(), "kernel (veth)");
     assert!(!HelperKind::Kernel.has_process());
     assert!(HelperKind::ALL[..3].iter().all(|h| h.has_process()));
+    let spliced = parse(&["--helpers", "slirpnet-splice"]).unwrap();
+    assert_eq!(spliced.helpers, [HelperKind::SlirpnetSplice]);
+    assert!(HelperKind::SlirpnetSplice.is_slirpnet() && HelperKind::SlirpnetSplice.has_process());
+    assert!(HelperKind::SlirpnetSplice.measures(Mode::TcpFwdIn));
+    assert!(HelperKind::SlirpnetSplice.measures(Mode::TcpFwdOut));
+    assert!(!HelperKind::SlirpnetSplice.measures(Mode::TcpNsHost));
+    assert!(HelperKind::Pasta.measures(Mode::TcpNsHost));
 }
 
 fn slirpnet_args_keep_their_order() {
@@ -203,4 +211,44 @@ fn summary_without_kernel() {
         "{text}"
     );
     assert!(text.contains("2.00×"), "{text}");
+}
+
+/// The spliced slirpnet gets a value column and its own ratio to pasta; its cells outside the
+/// forward modes stay empty.
+fn summary_with_spliced() {
+    let runs = [
+        ok_run(HelperKind::Slirpnet, Mode::TcpNsHost, 1500, 6.0),
+        ok_run(HelperKind::Pasta, Mode::TcpNsHost, 1500, 0.5),
+        ok_run(HelperKind::Slirpnet, Mode::TcpFwdIn, 1500, 9.0),
+        ok_run(HelperKind::Pasta, Mode::TcpFwdIn, 1500, 10.0),
+        ok_run(HelperKind::SlirpnetSplice, Mode::TcpFwdIn, 1500, 12.5),
+    ];
+    let sum = doc(
+        &[
+            HelperKind::Slirpnet,
+            HelperKind::Pasta,
+            HelperKind::SlirpnetSplice,
+        ],
+        &runs,
+        None,
+    );
+    let text = sum.text_table();
+    let main = text.lines().find(|l| l.starts_with("mode  ")).unwrap();
+    assert!(
+        main.contains("slirpnet (spliced)") && main.trim_end().ends_with("spliced/pasta"),
+        "{main}"
+    );
+    let fwd = text.lines().find(|l| l.starts_with("tcp-fwd-in")).unwrap();
+    assert!(
+        fwd.contains("0.90×") && fwd.trim_end().ends_with("1.25×"),
+        "{fwd}"
+    );
+    let plain = text.lines().find(|l| l.starts_with("tcp-ns-host")).unwrap();
+    assert!(
+        plain.contains("12.00×") && plain.trim_end().ends_with('—'),
+        "{plain}"
+    );
+    let md = sum.markdown("benchmarks");
+    assert!(md.contains("| spliced/pasta |") && md.contains("--enable-forward-splice"));
+    assert!(sum.svg().contains("slirpnet (spliced)"));
 }

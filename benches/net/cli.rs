@@ -15,7 +15,10 @@ Run as root (it makes its own network namespaces; nothing leaves the machine):
 Options:
     --duration SECS     seconds per iperf3/latency run (default 10; --quick: 1)
     --reps N            repetitions per cell, interleaved across helpers (default 3; --quick: 1)
-    --helpers LIST      comma-separated: slirpnet,slirp4netns,pasta,kernel (default: all four)
+    --helpers LIST      comma-separated: slirpnet,slirp4netns,pasta,slirpnet-splice,kernel
+                        (default: all five)
+                        slirpnet-splice: slirpnet with --enable-forward-splice, in the
+                        forward modes only (the one place the option acts)
                         kernel: no user-mode helper; the namespace gets a veth pair to the
                         suite's namespace and the same clients and servers talk across it
                         (forward modes: straight to the namespace's address, no forward).

@@ -671,7 +671,7 @@ pub fn start_helper(start: &Start, ns: &mut Netns) -> Res<Helper> {
     let stderr = scratch.join(format!("{}.{run_id}.err", kind.name()));
     let err_file = File::create(&stderr).map_err(|e| e.to_string())?;
     match kind {
-        HelperKind::Slirpnet | HelperKind::Slirp4netns => {
+        HelperKind::Slirpnet | HelperKind::SlirpnetSplice | HelperKind::Slirp4netns => {
             let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
             // The write end goes to the helper under its own number.
             fcntl(w.as_fd(), FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| e.to_string())?;
@@ -684,6 +684,9 @@ pub fn start_helper(start: &Start, ns: &mut Netns) -> Res<Helper> {
             }
             if ipv6 {
                 cmd.arg("-6");
+            }
+            if kind == HelperKind::SlirpnetSplice {
+                cmd.arg("--enable-forward-splice");
             }
             cmd.args(extra_args);
             cmd.args([&ns.pid.to_string(), "tap0"])

@@ -214,7 +214,9 @@ fn ipv6_target(kind: HelperKind, ns: &Netns, helper: &mut Helper) -> Result<Stri
         }
     })?;
     match kind {
-        HelperKind::Slirpnet | HelperKind::Slirp4netns => Ok(env::SLIRP_GATEWAY6.to_string()),
+        HelperKind::Slirpnet | HelperKind::SlirpnetSplice | HelperKind::Slirp4netns => {
+            Ok(env::SLIRP_GATEWAY6.to_string())
+        }
         HelperKind::Pasta => state
             .gateway_target()
             .ok_or_else(|| failed("no IPv6 default gateway")),

@@ -7,13 +7,22 @@ pub enum HelperKind {
     Slirpnet,
     Slirp4netns,
     Pasta,
+    /// slirpnet with `--enable-forward-splice`: measured in the forward modes only, the one
+    /// place the option changes anything.
+    SlirpnetSplice,
     /// No user-mode helper: a veth pair between the namespace and the suite's namespace, the
     /// kernel's own path (the ceiling the helpers are measured against).
     Kernel,
 }
 
 impl HelperKind {
-    pub const ALL: [HelperKind; 4] = [Self::Slirpnet, Self::Slirp4netns, Self::Pasta, Self::Kernel];
+    pub const ALL: [HelperKind; 5] = [
+        Self::Slirpnet,
+        Self::Slirp4netns,
+        Self::Pasta,
+        Self::SlirpnetSplice,
+        Self::Kernel,
+    ];
 
     /// The name on the command line (`--helpers`) and in the JSON results.
     pub fn name(self) -> &'static str {
@@ -21,6 +30,7 @@ impl HelperKind {
             Self::Slirpnet => "slirpnet",
             Self::Slirp4netns => "slirp4netns",
             Self::Pasta => "pasta",
+            Self::SlirpnetSplice => "slirpnet-splice",
             Self::Kernel => "kernel",
         }
     }
@@ -29,6 +39,7 @@ impl HelperKind {
     pub fn label(self) -> &'static str {
         match self {
             Self::Kernel => "kernel (veth)",
+            Self::SlirpnetSplice => "slirpnet (spliced)",
             other => other.name(),
         }
     }
@@ -36,6 +47,16 @@ impl HelperKind {
     /// Whether there is a helper process (start-up time, CPU, RSS): not for the kernel.
     pub fn has_process(self) -> bool {
         self != Self::Kernel
+    }
+
+    /// Whether the helper is measured in `mode` (the others leave its cells empty).
+    pub fn measures(self, mode: Mode) -> bool {
+        self != Self::SlirpnetSplice || mode.forwards()
+    }
+
+    /// slirpnet's own binary, whatever its options.
+    pub fn is_slirpnet(self) -> bool {
+        matches!(self, Self::Slirpnet | Self::SlirpnetSplice)
     }
 
     pub fn from_name(s: &str) -> Option<Self> {
@@ -47,6 +68,7 @@ impl HelperKind {
             Self::Slirpnet => "#e66101",
             Self::Slirp4netns => "#5e3c99",
             Self::Pasta => "#1b9e77",
+            Self::SlirpnetSplice => "#fdb863",
             Self::Kernel => "#808080",
         }
     }

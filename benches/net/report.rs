@@ -243,8 +243,16 @@ impl Summary {
 
     /// slirpnet's median over `other`'s.
     fn ratio(&self, mode: Mode, mtu: u32, other: HelperKind) -> Option<f64> {
-        let a = self.cell(HelperKind::Slirpnet, mode, mtu).value;
-        ratio_of(a, self.cell(other, mode, mtu).value)
+        self.ratio_between(HelperKind::Slirpnet, other, mode, mtu)
+    }
+
+    /// `a`'s median over `b`'s.
+    fn ratio_between(&self, a: HelperKind, b: HelperKind, mode: Mode, mtu: u32) -> Option<f64> {
+        ratio_of(self.cell(a, mode, mtu).value, self.cell(b, mode, mtu).value)
+    }
+
+    fn has_spliced(&self) -> bool {
+        self.helpers.contains(&HelperKind::SlirpnetSplice)
     }
 
     fn has_kernel(&self) -> bool {
@@ -258,6 +266,9 @@ impl Summary {
         head.extend(self.helpers.iter().map(|h| h.label().to_string()));
         head.push("slirpnet/slirp4netns".into());
         head.push("slirpnet/pasta".into());
+        if self.has_spliced() {
+            head.push("spliced/pasta".into());
+        }
         if self.has_kernel() {
             head.push("slirpnet/kernel".into());
         }
@@ -268,6 +279,14 @@ impl Summary {
                 row.extend(self.helpers.iter().map(|&h| self.value_text(h, mode, mtu)));
                 row.push(times(self.ratio(mode, mtu, HelperKind::Slirp4netns)));
                 row.push(times(self.ratio(mode, mtu, HelperKind::Pasta)));
+                if self.has_spliced() {
+                    row.push(times(self.ratio_between(
+                        HelperKind::SlirpnetSplice,
+                        HelperKind::Pasta,
+                        mode,
+                        mtu,
+                    )));
+                }
                 if self.has_kernel() {
                     row.push(percent(self.ratio(mode, mtu, HelperKind::Kernel)));
                 }
@@ -464,6 +483,16 @@ impl Summary {
                  slirpnet's share of it (100 % = as fast as the kernel's own path).",
             );
         }
+        if self.has_spliced() {
+            s.push_str(
+                " `slirpnet (spliced)` is the same binary with `--enable-forward-splice`, \
+                 measured in the forward modes only (the one place the option acts): a \
+                 connection from host loopback is spliced socket to socket into the namespace, \
+                 as pasta's forwards are, instead of crossing the TAP; the guest then sees it \
+                 from its own address, not the gateway, so it is not the default. \
+                 `spliced/pasta` is its median over pasta's.",
+            );
+        }
         s.push_str("\n\n");
         let (h, r) = self.main_rows();
         s.push_str(&markdown_table(&h, &r));
@@ -526,7 +555,7 @@ impl Summary {
              a routable interface and sets up IPv6 only with an IPv6 default route), and for the \
              kernel baseline the veth pair to the run's namespace: no packet can leave the \
              machine.\n\n\
-             Rerun: `sudo cargo bench --bench net` (about 42 minutes with the defaults; \
+             Rerun: `sudo cargo bench --bench net` (about 45 minutes with the defaults; \
              `-- --quick` takes under a minute). Regenerate this page from the raw results: \
              `cargo bench --bench net -- --docs-only --json docs/{name}.json{name_arg}`.\n",
             name_arg = if name == "benchmarks" {
